@@ -1,0 +1,66 @@
+// Builds the main-process bundles (esbuild) and the renderer (Vite) into dist/.
+//   node scripts/build.mjs              everything
+//   node scripts/build.mjs --main-only  main bundles only (what tests and the headless CLI need)
+//   node scripts/build.mjs --watch      rebuild on change (npm run dev)
+import { build, context } from 'esbuild';
+import { fileURLToPath } from 'node:url';
+import { rmSync, mkdirSync, readFileSync } from 'node:fs';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const pkg = JSON.parse(readFileSync(`${root}/package.json`, 'utf8'));
+const args = new Set(process.argv.slice(2));
+const watch = args.has('--watch');
+const mainOnly = args.has('--main-only');
+
+// ESM bundles that contain CommonJS dependencies (ws) need a real `require`.
+const requireShim = "import { createRequire as __tmCreateRequire } from 'node:module'; const require = __tmCreateRequire(import.meta.url);";
+
+const common = {
+  absWorkingDir: root,
+  bundle: true,
+  platform: 'node',
+  target: 'node24',
+  sourcemap: 'linked',
+  logLevel: 'warning',
+  external: ['electron', 'bufferutil', 'utf-8-validate'],
+};
+
+const configs = [
+  {
+    ...common,
+    entryPoints: {
+      cli: 'src-main/hosts/cli/main.ts',
+      'io-worker': 'src-main/engine/io/io-worker.ts',
+      'electron-main': 'src-main/hosts/electron/main.ts',
+    },
+    outdir: 'dist/main',
+    outExtension: { '.js': '.mjs' },
+    format: 'esm',
+    splitting: true,
+    chunkNames: 'chunks/[name]-[hash]',
+    banner: { js: requireShim },
+    define: { __TIDEMARK_VERSION__: JSON.stringify(pkg.version) },
+  },
+  {
+    ...common,
+    // a sandboxed preload must be CommonJS
+    entryPoints: { preload: 'src-main/hosts/electron/preload.ts' },
+    outdir: 'dist/main',
+    outExtension: { '.js': '.cjs' },
+    format: 'cjs',
+  },
+];
+
+mkdirSync(`${root}/dist/main`, { recursive: true });
+if (watch) {
+  for (const c of configs) await (await context(c)).watch();
+  console.log('watching src-main/ for changes');
+} else {
+  rmSync(`${root}/dist/main`, { recursive: true, force: true });
+  await Promise.all(configs.map((c) => build(c)));
+}
+
+if (!mainOnly) {
+  const { build: viteBuild } = await import('vite');
+  await viteBuild({ configFile: `${root}/vite.config.ts`, logLevel: 'warn', build: { watch: watch ? {} : null } });
+}

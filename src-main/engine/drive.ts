@@ -1,0 +1,93 @@
+import type { BlockDriver, BlockExtent } from './formats/types.js';
+import { TidemarkError } from '../../src-shared/errors.js';
+
+export type WriteKind = 'write' | 'zero' | 'discard';
+export type WriteListener = (drive: Drive, offset: number, length: number, kind: WriteKind) => void;
+
+/**
+ * A drive: QEMU's BlockBackend — an id the user and QMP address, over the root node of a format
+ * driver (which holds the backing chain). Every guest write passes through here, so this is the
+ * one place that tells write trackers (dirty bitmaps, live maps) about it.
+ */
+export class Drive {
+  private readonly writeListeners = new Set<WriteListener>();
+
+  constructor(
+    readonly id: string,
+    readonly nodeName: string,
+    readonly driver: BlockDriver,
+  ) {}
+
+  get virtualSize(): number {
+    return this.driver.virtualSize;
+  }
+
+  onWrite(listener: WriteListener): () => void {
+    this.writeListeners.add(listener);
+    return () => this.writeListeners.delete(listener);
+  }
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    this.checkRange(offset, length);
+    return this.driver.read(offset, length);
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.checkWritable(offset, data.length);
+    // QEMU marks bitmaps even when the write fails: the guest may have changed some of it
+    try {
+      await this.driver.write(offset, data);
+    } finally {
+      this.notify(offset, data.length, 'write');
+    }
+  }
+
+  async writeZeroes(offset: number, length: number, options?: { mayUnmap?: boolean }): Promise<void> {
+    this.checkWritable(offset, length);
+    try {
+      await this.driver.writeZeroes(offset, length, options);
+    } finally {
+      this.notify(offset, length, 'zero');
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.checkWritable(offset, length);
+    try {
+      await this.driver.discard(offset, length);
+    } finally {
+      this.notify(offset, length, 'discard');
+    }
+  }
+
+  flush(): Promise<void> {
+    return this.driver.flush();
+  }
+
+  blockStatus(offset: number, length: number): Promise<BlockExtent[]> {
+    this.checkRange(offset, length);
+    return this.driver.blockStatus(offset, length);
+  }
+
+  private notify(offset: number, length: number, kind: WriteKind): void {
+    if (length === 0) return;
+    for (const l of this.writeListeners) l(this, offset, length, kind);
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new TidemarkError('INVALID_INPUT', `Invalid request on drive '${this.id}': offset ${offset}, length ${length}.`);
+    }
+    if (offset + length > this.virtualSize) {
+      throw new TidemarkError(
+        'INVALID_INPUT',
+        `Request on drive '${this.id}' reaches past the end of the disk (offset ${offset} + length ${length} > size ${this.virtualSize}).`,
+      );
+    }
+  }
+
+  private checkWritable(offset: number, length: number): void {
+    this.checkRange(offset, length);
+    if (this.driver.readOnly) throw new TidemarkError('PERMISSION_DENIED', `Drive '${this.id}' is read-only.`);
+  }
+}

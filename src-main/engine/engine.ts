@@ -1,0 +1,102 @@
+import { EventEmitter } from 'node:events';
+import { realpath } from 'node:fs/promises';
+import { Drive } from './drive.js';
+import { IoPool } from './io/pool.js';
+import { openImage } from './formats/open.js';
+import { assertNotLockedByOthers } from './locking.js';
+import type { ImageFormat } from './formats/types.js';
+import { TidemarkError } from '../../src-shared/errors.js';
+
+export interface AttachOptions {
+  id: string;
+  path: string;
+  format?: ImageFormat | 'auto';
+  readOnly?: boolean;
+}
+
+interface EngineEvents {
+  attached: [Drive];
+  detached: [Drive];
+  write: [Drive, number, number];
+}
+
+/**
+ * The block engine: drives over format drivers over the I/O pool. Knows nothing of the app,
+ * the catalog or any UI; runs the same in a plain Node process as inside Electron.
+ */
+export class BlockEngine extends EventEmitter<EngineEvents> {
+  readonly pool: IoPool;
+  private readonly drives = new Map<string, Drive>();
+  private nodeCounter = 0;
+  private closing: Promise<void> | undefined;
+
+  constructor(options: { ioWorkers?: number } = {}) {
+    super();
+    this.pool = new IoPool(options.ioWorkers);
+  }
+
+  list(): Drive[] {
+    return [...this.drives.values()];
+  }
+
+  get(id: string): Drive | undefined {
+    return this.drives.get(id);
+  }
+
+  /** Finds a drive by its id or its root node name (QMP accepts either). */
+  lookup(idOrNode: string): Drive | undefined {
+    return this.drives.get(idOrNode) ?? this.list().find((d) => d.nodeName === idOrNode);
+  }
+
+  async attach(options: AttachOptions): Promise<Drive> {
+    if (this.closing) throw new TidemarkError('BUSY', 'The engine is shutting down.');
+    if (this.drives.has(options.id)) throw new TidemarkError('ALREADY_EXISTS', `A drive with id '${options.id}' already exists.`);
+    const real = await realpath(options.path).catch(() => options.path);
+    for (const d of this.drives.values()) {
+      if ((await realpath(d.driver.path).catch(() => d.driver.path)) === real) {
+        throw new TidemarkError('ALREADY_EXISTS', `'${options.path}' is already attached as drive '${d.id}'.`);
+      }
+    }
+    const readOnly = options.readOnly ?? false;
+    if (!readOnly) await assertNotLockedByOthers(options.path);
+    const driver = await openImage(options.path, { readOnly, format: options.format ?? 'auto', opener: this.pool });
+    // the id may have been taken while we opened the file
+    if (this.drives.has(options.id)) {
+      await driver.close();
+      throw new TidemarkError('ALREADY_EXISTS', `A drive with id '${options.id}' already exists.`);
+    }
+    const drive = new Drive(options.id, this.nextNodeName(), driver);
+    drive.onWrite((d, offset, length) => this.emit('write', d, offset, length));
+    this.drives.set(drive.id, drive);
+    this.emit('attached', drive);
+    return drive;
+  }
+
+  /** Closes the drive's image cleanly (flushing metadata). Never deletes the file. */
+  async detach(id: string): Promise<void> {
+    const drive = this.drives.get(id);
+    if (!drive) throw new TidemarkError('NOT_FOUND', `No drive with id '${id}'.`);
+    this.drives.delete(id);
+    try {
+      await drive.driver.close();
+    } finally {
+      this.emit('detached', drive);
+    }
+  }
+
+  /** Clean shutdown: every image flushed and closed, then the I/O pool stopped. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const errors: unknown[] = [];
+      for (const id of [...this.drives.keys()]) await this.detach(id).catch((e: unknown) => errors.push(e));
+      await this.pool.close();
+      if (errors.length) throw errors[0];
+    })();
+    return this.closing;
+  }
+
+  private nextNodeName(): string {
+    // QEMU names the nodes of -drive images "#blockNNN"; we follow its shape
+    return `#block${(++this.nodeCounter * 100 + 31).toString()}`;
+  }
+}

@@ -1,0 +1,2 @@
+// Every module that registers QMP commands, imported once for its side effect.
+import './commands.js';

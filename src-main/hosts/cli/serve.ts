@@ -1,0 +1,70 @@
+import { resolve } from 'node:path';
+import type { TidemarkApp, AppOptions } from '../../app/app.js';
+import { WebHost } from '../web/web-host.js';
+import { rendererDir } from '../web/static-files.js';
+import { QmpServer } from '../../engine/protocols/qmp/server.js';
+import { parseKeyValues, UsageError, type ParsedArgs } from './args.js';
+
+function parseWeb(text: string): { host: string; port: number } {
+  const m = /^(127\.0\.0\.1|localhost):(\d{1,5})$/.exec(text);
+  if (!m || Number(m[2]) > 65535) throw new UsageError(`--web takes 127.0.0.1:PORT (port 0 picks one); got '${text}'`);
+  return { host: m[1], port: Number(m[2]) };
+}
+
+function parseUnix(text: string, option: string): string {
+  if (!text.startsWith('unix:') || text.length <= 5) throw new UsageError(`--${option} takes unix:PATH; got '${text}'`);
+  return resolve(text.slice(5));
+}
+
+/**
+ * `tidemark serve`: the engine headless, with the web console and optionally a QMP socket.
+ * Runs until SIGINT/SIGTERM or QMP `quit`, then closes every image cleanly.
+ */
+export async function serve(args: ParsedArgs, dataDir: string, start: (o: AppOptions) => Promise<TidemarkApp>): Promise<number> {
+  const web = args.flags.has('no-web') ? undefined : parseWeb(args.options.get('web')?.[0] ?? '127.0.0.1:0');
+  const qmpPath = args.options.has('qmp') ? parseUnix(args.options.get('qmp')![0], 'qmp') : undefined;
+  const drives = (args.options.get('drive') ?? []).map((text) => {
+    const kv = parseKeyValues(text);
+    if (!kv.id || !kv.file) throw new UsageError(`--drive needs id=ID,file=PATH (and optionally format=raw|qcow2); got '${text}'`);
+    const format = kv.format ?? 'auto';
+    if (format !== 'raw' && format !== 'qcow2' && format !== 'auto') throw new UsageError(`--drive format must be raw or qcow2; got '${format}'`);
+    return { id: kv.id, file: kv.file, format: format as 'raw' | 'qcow2' | 'auto' };
+  });
+
+  const log = (m: string) => process.stderr.write(`${m}\n`);
+  const app = await start({ dataDir: resolve(dataDir), host: 'web', log });
+  let host: WebHost | undefined;
+  let qmp: QmpServer | undefined;
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      await qmp?.close();
+      await host?.stop();
+      await app.close();
+    })());
+
+  try {
+    for (const d of drives) await app.drives.attachSessionDrive(d.id, d.file, d.format);
+    if (qmpPath) {
+      qmp = new QmpServer(app.engine, { path: qmpPath, log, onQuit: () => stop() });
+      await qmp.listen();
+    }
+    if (web) {
+      host = new WebHost({ router: app.router, bus: app.bus, staticDir: rendererDir(), port: web.port, host: web.host, log });
+      const url = await host.start();
+      app.lock.setEndpoint(url);
+      process.stdout.write(`Tidemark web console: ${url}\n`);
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+
+  await new Promise<void>((resolveDone) => {
+    const onSignal = () => void stop().then(resolveDone, resolveDone);
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    void qmp?.quitRequested.then(() => stop().then(resolveDone, resolveDone));
+  });
+  return 0;
+}
