@@ -1,5 +1,8 @@
 import type { BlockDriver, BlockExtent } from './formats/types.js';
 import { TidemarkError } from '../../src-shared/errors.js';
+import { ERRNO_TEXT } from './io/file-errors.js';
+import { NodeBitmaps } from './bitmap/node-bitmaps.js';
+import type { BitmapStore } from './bitmap/bitmap-store.js';
 
 export type WriteKind = 'write' | 'zero' | 'discard';
 export type WriteListener = (drive: Drive, offset: number, length: number, kind: WriteKind) => void;
@@ -11,6 +14,10 @@ export type WriteListener = (drive: Drive, offset: number, length: number, kind:
  */
 export class Drive {
   private readonly writeListeners = new Set<WriteListener>();
+  /** the dirty bitmaps of the drive's root node */
+  readonly bitmaps = new NodeBitmaps(() => this.virtualSize);
+  /** where this drive's persistent bitmaps are kept (qcow2 extension or sidecar); none for plain raw */
+  bitmapStore: BitmapStore | undefined;
 
   constructor(
     readonly id: string,
@@ -71,6 +78,7 @@ export class Drive {
 
   private notify(offset: number, length: number, kind: WriteKind): void {
     if (length === 0) return;
+    this.bitmaps.markWrite(offset, length);
     for (const l of this.writeListeners) l(this, offset, length, kind);
   }
 
@@ -89,5 +97,7 @@ export class Drive {
   private checkWritable(offset: number, length: number): void {
     this.checkRange(offset, length);
     if (this.driver.readOnly) throw new TidemarkError('PERMISSION_DENIED', `Drive '${this.id}' is read-only.`);
+    // QEMU: a node with bitmaps loaded from a read-only image refuses writes (EPERM)
+    if (this.bitmaps.hasReadonly()) throw new TidemarkError('PERMISSION_DENIED', `Drive '${this.id}' has read-only bitmaps: ${ERRNO_TEXT.EPERM}`);
   }
 }

@@ -4,6 +4,7 @@ import { Drive } from './drive.js';
 import { IoPool } from './io/pool.js';
 import { openImage } from './formats/open.js';
 import { assertNotLockedByOthers } from './locking.js';
+import { BitmapCommands } from './bitmap/bitmap-ops.js';
 import type { ImageFormat } from './formats/types.js';
 import { TidemarkError } from '../../src-shared/errors.js';
 
@@ -26,6 +27,7 @@ interface EngineEvents {
  */
 export class BlockEngine extends EventEmitter<EngineEvents> {
   readonly pool: IoPool;
+  readonly bitmapCommands = new BitmapCommands((idOrNode) => this.lookup(idOrNode));
   private readonly drives = new Map<string, Drive>();
   private nodeCounter = 0;
   private closing: Promise<void> | undefined;

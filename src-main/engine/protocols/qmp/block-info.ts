@@ -36,6 +36,8 @@ export async function blockDeviceInfo(drive: Drive): Promise<Record<string, unkn
     write_threshold: 0,
   };
   if (info.backingFile !== undefined) out.backing_file = info.backingFile;
+  const bitmaps = drive.bitmaps.infos();
+  if (bitmaps.length) out['dirty-bitmaps'] = bitmaps;
   return out;
 }
 

@@ -1,2 +1,3 @@
 // Every module that registers QMP commands, imported once for its side effect.
 import './commands.js';
+import './bitmap-commands.js';

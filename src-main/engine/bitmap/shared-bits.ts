@@ -1,0 +1,316 @@
+/**
+ * A bit array in a SharedArrayBuffer with summary levels, usable from any thread.
+ *
+ * Level 0 holds one bit per granule. Each level above holds one bit per 32-bit word of the level
+ * below ("that word is not zero"), so finding the next set bit in a mostly empty 2 TiB bitmap
+ * touches a few words per level instead of millions (the idea of QEMU's hbitmap, written anew).
+ * Sets use Atomics.or and may come from any thread at once; the population count is kept exact
+ * with Atomics.add on a shared 64-bit counter. Clears come from one thread at a time (the
+ * engine's), and re-check the word after clearing its summary bit so a concurrent set is never
+ * hidden from the summary.
+ */
+export interface SharedBitsLayout {
+  /** number of bits at level 0 */
+  bits: number;
+  /** word offsets (in 32-bit words) of each level in `words`, level 0 first */
+  levelOffsets: number[];
+  levelWords: number[];
+}
+
+const WORD = 32;
+
+export function layoutFor(bits: number): SharedBitsLayout {
+  const levelWords: number[] = [];
+  let n = Math.max(1, Math.ceil(bits / WORD));
+  levelWords.push(n);
+  while (n > 1) {
+    n = Math.ceil(n / WORD);
+    levelWords.push(n);
+  }
+  const levelOffsets: number[] = [];
+  let at = 0;
+  for (const w of levelWords) {
+    levelOffsets.push(at);
+    at += w;
+  }
+  return { bits, levelOffsets, levelWords };
+}
+
+function popcount32(x: number): number {
+  x = x - ((x >>> 1) & 0x55555555);
+  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+  return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}
+
+function ctz32(x: number): number {
+  return 31 - Math.clz32(x & -x);
+}
+
+export class SharedBits {
+  readonly layout: SharedBitsLayout;
+  /** all levels, one after another */
+  readonly words: Int32Array;
+  /** [0] = number of set bits at level 0 */
+  private readonly counter: BigInt64Array;
+  readonly buffer: SharedArrayBuffer;
+
+  /** A new, all-clear bit array; or a view over `buffer` made by another thread's SharedBits. */
+  constructor(bits: number, buffer?: SharedArrayBuffer) {
+    if (!Number.isSafeInteger(bits) || bits < 0) throw new RangeError(`invalid bit count ${bits}`);
+    this.layout = layoutFor(bits);
+    const totalWords = this.layout.levelOffsets.at(-1)! + this.layout.levelWords.at(-1)!;
+    const bytes = 8 + totalWords * 4;
+    this.buffer = buffer ?? new SharedArrayBuffer(bytes);
+    if (this.buffer.byteLength !== bytes) throw new RangeError('shared buffer does not match the bit count');
+    this.counter = new BigInt64Array(this.buffer, 0, 1);
+    this.words = new Int32Array(this.buffer, 8, totalWords);
+  }
+
+  get size(): number {
+    return this.layout.bits;
+  }
+
+  /** number of set bits, exact */
+  count(): number {
+    return Number(Atomics.load(this.counter, 0));
+  }
+
+  get(bit: number): boolean {
+    return (Atomics.load(this.words, bit >>> 5) & (1 << (bit & 31))) !== 0;
+  }
+
+  /** Sets bits [first, last] (inclusive). Safe from any thread. */
+  setRange(first: number, last: number): void {
+    if (last < first) return;
+    this.check(first, last);
+    let added = 0;
+    for (let w = Math.floor(first / WORD); w <= Math.floor(last / WORD); w++) {
+      const mask = maskFor(w, first, last);
+      const old = Atomics.or(this.words, w, mask);
+      const fresh = mask & ~old;
+      if (fresh !== 0) added += popcount32(fresh);
+      if (old === 0) this.markSummary(w);
+    }
+    if (added) Atomics.add(this.counter, 0, BigInt(added));
+  }
+
+  /** Clears bits [first, last] (inclusive). One clearing thread at a time. */
+  clearRange(first: number, last: number): void {
+    if (last < first) return;
+    this.check(first, last);
+    let removed = 0;
+    for (let w = Math.floor(first / WORD); w <= Math.floor(last / WORD); w++) {
+      const mask = maskFor(w, first, last);
+      const old = Atomics.and(this.words, w, ~mask);
+      const gone = old & mask;
+      if (gone !== 0) {
+        removed += popcount32(gone);
+        if ((old & ~mask) === 0) this.clearSummary(0, w);
+      }
+    }
+    if (removed) Atomics.sub(this.counter, 0, BigInt(removed));
+  }
+
+  clearAll(): void {
+    if (this.count() === 0) return;
+    this.clearRange(0, this.size - 1);
+  }
+
+  /** ORs `other` (same size) into this one. */
+  or(other: SharedBits): void {
+    if (other.size !== this.size) throw new RangeError('bitmaps differ in size');
+    for (let bit = other.nextSet(0); bit >= 0; ) {
+      const end = other.nextClear(bit);
+      const last = (end < 0 ? this.size : end) - 1;
+      this.setRange(bit, last);
+      bit = last + 1 < this.size ? other.nextSet(last + 1) : -1;
+    }
+  }
+
+  /** Copies `other` (same size) into this one exactly. */
+  copyFrom(other: SharedBits): void {
+    this.clearAll();
+    this.or(other);
+  }
+
+  /** The first set bit at or after `from`, or -1. */
+  nextSet(from: number): number {
+    if (from >= this.size) return -1;
+    const found = this.findSet(0, Math.max(0, from));
+    return found >= 0 && found < this.size ? found : -1;
+  }
+
+  /** The first clear bit at or after `from`, or -1 when all bits from there are set. */
+  nextClear(from: number): number {
+    const { levelOffsets } = this.layout;
+    for (let bit = Math.max(0, from); bit < this.size; ) {
+      const w = bit >>> 5;
+      const inv = ~Atomics.load(this.words, levelOffsets[0] + w) & (-1 << (bit & 31));
+      if (inv !== 0) {
+        const found = w * WORD + ctz32(inv);
+        return found < this.size ? found : -1;
+      }
+      bit = (w + 1) * WORD;
+    }
+    return -1;
+  }
+
+  /** Set runs as [firstBit, bitCount] pairs, in order, starting at `from`. */
+  *runs(from = 0, to = this.size): Generator<[number, number]> {
+    for (let bit = this.nextSet(from); bit >= 0 && bit < to; ) {
+      const clear = this.nextClear(bit);
+      const end = Math.min(clear < 0 ? this.size : clear, to);
+      yield [bit, end - bit];
+      bit = end < to ? this.nextSet(end) : -1;
+    }
+  }
+
+  /** Set bits in [first, last], counted word by word. */
+  countRange(first: number, last: number): number {
+    let n = 0;
+    for (const [start, len] of this.runs(first, last + 1)) n += len;
+    return n;
+  }
+
+  /** Raw level-0 bytes, bit i at byte i>>3, bit i&7 (LSB first), as qcow2 stores bitmaps. */
+  toBytes(firstBit: number, bitCount: number): Uint8Array {
+    const out = new Uint8Array(Math.ceil(bitCount / 8));
+    if (firstBit % WORD === 0) {
+      // word-aligned: copy whole words, little-endian, skipping empty stretches via the summary
+      const view = new DataView(out.buffer);
+      for (let bit = this.nextSet(firstBit); bit >= 0 && bit < firstBit + bitCount; ) {
+        const w = bit >>> 5;
+        const rel = w * WORD - firstBit;
+        const word = Atomics.load(this.words, w);
+        const byteAt = rel >>> 3;
+        if (byteAt + 4 <= out.length) view.setInt32(byteAt, word, true);
+        else for (let k = 0; byteAt + k < out.length; k++) out[byteAt + k] = (word >>> (8 * k)) & 0xff;
+        bit = this.nextSet((w + 1) * WORD);
+      }
+      const tail = bitCount % 8;
+      if (tail) out[out.length - 1] &= (1 << tail) - 1;
+      return out;
+    }
+    for (const [start, len] of this.runs(firstBit, firstBit + bitCount)) {
+      for (let b = start; b < start + len; b++) {
+        const rel = b - firstBit;
+        out[rel >>> 3] |= 1 << (rel & 7);
+      }
+    }
+    return out;
+  }
+
+  /** Sets the bits given as LSB-first bytes starting at `firstBit` (bits past the end are ignored). */
+  setFromBytes(firstBit: number, bytes: Uint8Array): void {
+    if (firstBit % WORD === 0) {
+      let added = 0;
+      for (let i = 0; i < bytes.length; i += 4) {
+        let word = bytes[i] | (bytes[i + 1] << 8) | (bytes[i + 2] << 16) | (bytes[i + 3] << 24);
+        if (word === 0) continue;
+        const bit = firstBit + i * 8;
+        if (bit >= this.size) break;
+        const over = bit + WORD - this.size;
+        if (over > 0) word &= over >= WORD ? 0 : -1 >>> over;
+        const w = bit >>> 5;
+        const old = Atomics.or(this.words, w, word);
+        const fresh = word & ~old;
+        if (fresh) added += popcount32(fresh);
+        if (old === 0 && word !== 0) this.markSummary(w);
+      }
+      if (added) Atomics.add(this.counter, 0, BigInt(added));
+      return;
+    }
+    for (let i = 0; i < bytes.length; i++) {
+      const byte = bytes[i];
+      if (byte === 0) continue;
+      for (let j = 0; j < 8; j++) {
+        if (byte & (1 << j)) {
+          const b = firstBit + i * 8 + j;
+          if (b < this.size) this.setRange(b, b);
+        }
+      }
+    }
+  }
+
+  private findSet(level: number, from: number): number {
+    // from: bit index at `level`; returns the first set level-0 bit under any set bit ≥ from, or -1
+    const { levelOffsets, levelWords } = this.layout;
+    let bit = from;
+    while (true) {
+      const w = bit >>> 5;
+      if (w >= levelWords[level]) return -1;
+      const word = Atomics.load(this.words, levelOffsets[level] + w) & (-1 << (bit & 31));
+      if (word !== 0) {
+        const found = w * WORD + ctz32(word);
+        if (level === 0) return found;
+        // descend: bit `found` at this level is word `found` of the level below
+        const below = this.findSet(level - 1, found * WORD);
+        if (below >= 0) return below;
+        // the summary said non-zero but the word was cleared meanwhile: keep looking
+        bit = found + 1;
+        continue;
+      }
+      if (level + 1 < levelOffsets.length) {
+        // nothing more in this word: ask the level above where the next non-zero word is
+        const nextWord = this.findSetWordAbove(level + 1, w + 1);
+        if (nextWord < 0) return -1;
+        bit = nextWord * WORD;
+      } else {
+        bit = (w + 1) * WORD;
+      }
+    }
+  }
+
+  /** The first bit ≥ from at `level` that is set (a non-zero word index for level-1), or -1. */
+  private findSetWordAbove(level: number, from: number): number {
+    const { levelOffsets, levelWords } = this.layout;
+    let bit = from;
+    while (true) {
+      const w = bit >>> 5;
+      if (w >= levelWords[level]) return -1;
+      const word = Atomics.load(this.words, levelOffsets[level] + w) & (-1 << (bit & 31));
+      if (word !== 0) return w * WORD + ctz32(word);
+      if (level + 1 < levelOffsets.length) {
+        const next = this.findSetWordAbove(level + 1, w + 1);
+        if (next < 0) return -1;
+        bit = next * WORD;
+      } else bit = (w + 1) * WORD;
+    }
+  }
+
+  private markSummary(word: number): void {
+    const { levelOffsets } = this.layout;
+    let w = word;
+    for (let level = 1; level < levelOffsets.length; level++) {
+      const bit = 1 << (w & 31);
+      const idx = w >>> 5;
+      const old = Atomics.or(this.words, levelOffsets[level] + idx, bit);
+      if (old !== 0) return; // the levels above already know
+      w = idx;
+    }
+  }
+
+  private clearSummary(level: number, word: number): void {
+    const { levelOffsets } = this.layout;
+    if (level + 1 >= levelOffsets.length) return;
+    const idx = word >>> 5;
+    const old = Atomics.and(this.words, levelOffsets[level + 1] + idx, ~(1 << (word & 31)));
+    // a set raced us after we saw the word empty: put the summary bit back
+    if (Atomics.load(this.words, levelOffsets[level] + word) !== 0) {
+      Atomics.or(this.words, levelOffsets[level + 1] + idx, 1 << (word & 31));
+      return;
+    }
+    if ((old & ~(1 << (word & 31))) === 0) this.clearSummary(level + 1, idx);
+  }
+
+  private check(first: number, last: number): void {
+    if (first < 0 || last >= this.size) throw new RangeError(`bits ${first}..${last} outside 0..${this.size - 1}`);
+  }
+}
+
+function maskFor(word: number, first: number, last: number): number {
+  const lo = Math.max(first, word * WORD) - word * WORD;
+  const hi = Math.min(last, word * WORD + 31) - word * WORD;
+  const width = hi - lo + 1;
+  return width === 32 ? -1 : ((1 << width) - 1) << lo;
+}
