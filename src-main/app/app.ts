@@ -5,6 +5,7 @@ import { Catalog } from './catalog/catalog.js';
 import { InstanceLock } from './instance-lock.js';
 import { EventBus, Router } from './router/router.js';
 import { DrivesService } from './services/drives.js';
+import { BitmapsService } from './services/bitmaps.js';
 import { APP_VERSION } from './version.js';
 
 export interface AppOptions {
@@ -23,6 +24,7 @@ export class TidemarkApp {
   readonly catalog: Catalog;
   readonly bus = new EventBus();
   readonly drives: DrivesService;
+  readonly bitmaps: BitmapsService;
   readonly router: Router;
   readonly lock: InstanceLock;
   private closed: Promise<void> | undefined;
@@ -39,6 +41,9 @@ export class TidemarkApp {
     }
     this.engine = new BlockEngine({ ioWorkers: options.ioWorkers });
     this.drives = new DrivesService(this.engine, this.catalog, this.bus);
+    this.bitmaps = new BitmapsService(this.engine, this.bus, options.dataDir);
+    this.engine.onAttach((d) => this.bitmaps.attachSidecar(d));
+    this.engine.onDetach((d) => this.bitmaps.detachSidecar(d));
     this.router = new Router(
       {
         'app.info': async () => ({
@@ -54,6 +59,16 @@ export class TidemarkApp {
           await this.drives.remove(p.id);
           return {};
         },
+        'bitmaps.list': async (p) => this.bitmaps.list(p.driveId),
+        'bitmaps.add': (p) => this.bitmaps.add(p),
+        'bitmaps.remove': async (p) => {
+          await this.bitmaps.remove(p);
+          return {};
+        },
+        'bitmaps.clear': async (p) => this.bitmaps.clear(p),
+        'bitmaps.enable': async (p) => this.bitmaps.enable(p),
+        'bitmaps.disable': async (p) => this.bitmaps.disable(p),
+        'bitmaps.merge': async (p) => this.bitmaps.merge(p),
       },
       options.log,
     );

@@ -15,6 +15,9 @@ export interface AttachOptions {
   readOnly?: boolean;
 }
 
+/** Runs when a drive opens (before anyone can write to it) or closes (before its image is closed). */
+export type DriveHook = (drive: Drive) => Promise<void>;
+
 interface EngineEvents {
   attached: [Drive];
   detached: [Drive];
@@ -30,11 +33,21 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
   readonly bitmapCommands = new BitmapCommands((idOrNode) => this.lookup(idOrNode));
   private readonly drives = new Map<string, Drive>();
   private nodeCounter = 0;
+  private readonly attachHooks: DriveHook[] = [];
+  private readonly detachHooks: DriveHook[] = [];
   private closing: Promise<void> | undefined;
 
   constructor(options: { ioWorkers?: number } = {}) {
     super();
     this.pool = new IoPool(options.ioWorkers);
+  }
+
+  onAttach(hook: DriveHook): void {
+    this.attachHooks.push(hook);
+  }
+
+  onDetach(hook: DriveHook): void {
+    this.detachHooks.push(hook);
   }
 
   list(): Drive[] {
@@ -68,6 +81,12 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
       throw new TidemarkError('ALREADY_EXISTS', `A drive with id '${options.id}' already exists.`);
     }
     const drive = new Drive(options.id, this.nextNodeName(), driver);
+    try {
+      for (const hook of this.attachHooks) await hook(drive);
+    } catch (err) {
+      await driver.close();
+      throw err;
+    }
     drive.onWrite((d, offset, length) => this.emit('write', d, offset, length));
     this.drives.set(drive.id, drive);
     this.emit('attached', drive);
@@ -80,9 +99,9 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
     if (!drive) throw new TidemarkError('NOT_FOUND', `No drive with id '${id}'.`);
     this.drives.delete(id);
     try {
-      await drive.driver.close();
+      for (const hook of this.detachHooks) await hook(drive);
     } finally {
-      this.emit('detached', drive);
+      await drive.driver.close().finally(() => this.emit('detached', drive));
     }
   }
 

@@ -1,5 +1,16 @@
 import { z } from 'zod';
-import { AppInfoSchema, DriveIdSchema, DriveInfoSchema, ImageFormatSchema, SizeInputSchema } from './domain.js';
+import {
+  AppInfoSchema,
+  BitmapNameSchema,
+  BitmapSummarySchema,
+  DriveIdSchema,
+  DriveInfoSchema,
+  GranularitySchema,
+  ImageFormatSchema,
+  SizeInputSchema,
+} from './domain.js';
+
+const BitmapRef = z.object({ driveId: DriveIdSchema, name: z.string().min(1) }).strict();
 
 /**
  * The one API contract between the renderer and the main process, whichever host carries it
@@ -33,11 +44,38 @@ export const requests = {
     output: DriveInfoSchema,
   },
   'drives.remove': { input: z.object({ id: DriveIdSchema }).strict(), output: z.object({}) },
+
+  'bitmaps.list': { input: z.object({ driveId: DriveIdSchema.optional() }).strict(), output: z.array(BitmapSummarySchema) },
+  'bitmaps.add': {
+    input: z
+      .object({
+        driveId: DriveIdSchema,
+        name: BitmapNameSchema,
+        granularity: GranularitySchema.optional(),
+        /** qcow2: stored in the image (QEMU-compatible) */
+        persistent: z.boolean().optional(),
+        /** raw: kept in a sidecar file in the data dir */
+        sidecar: z.boolean().optional(),
+        disabled: z.boolean().optional(),
+      })
+      .strict(),
+    output: BitmapSummarySchema,
+  },
+  'bitmaps.remove': { input: BitmapRef, output: z.object({}) },
+  'bitmaps.clear': { input: BitmapRef, output: BitmapSummarySchema },
+  'bitmaps.enable': { input: BitmapRef, output: BitmapSummarySchema },
+  'bitmaps.disable': { input: BitmapRef, output: BitmapSummarySchema },
+  'bitmaps.merge': {
+    input: z.object({ driveId: DriveIdSchema, target: z.string().min(1), sources: z.array(z.string().min(1)).min(1, 'Pick at least one bitmap to merge.') }).strict(),
+    output: BitmapSummarySchema,
+  },
 } as const;
 
 export const events = {
   /** the whole drive list, after any change (small; keeps every store a mirror, never a second truth) */
   'drives.changed': z.object({ drives: z.array(DriveInfoSchema) }),
+  /** a drive's bitmaps after any change, throttled to a few per second while writes stream in */
+  'bitmaps.changed': z.object({ driveId: DriveIdSchema, bitmaps: z.array(BitmapSummarySchema) }),
 } as const;
 
 export type RequestName = keyof typeof requests;

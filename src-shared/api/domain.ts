@@ -44,3 +44,37 @@ export const AppInfoSchema = z.object({
   engine: z.object({ ioWorkers: z.number().int().positive() }),
 });
 export type AppInfo = z.infer<typeof AppInfoSchema>;
+
+export const BitmapNameSchema = z
+  .string()
+  .min(1, 'A bitmap name cannot be empty.')
+  .refine((s) => new TextEncoder().encode(s).length <= 1023, 'A bitmap name is at most 1023 bytes.');
+
+/** One dirty bitmap as the UI sees it: QEMU's flags, plus a downsampled map of where the dirty data is. */
+export const BitmapSummarySchema = z.object({
+  driveId: DriveIdSchema,
+  name: z.string(),
+  granularity: z.number().int().positive(),
+  /** dirty bytes: set bits × granularity (as QEMU counts) */
+  count: z.number().int().nonnegative(),
+  /** bytes of disk the bitmap covers */
+  size: z.number().int().nonnegative(),
+  recording: z.boolean(),
+  busy: z.boolean(),
+  persistent: z.boolean(),
+  inconsistent: z.boolean(),
+  /** raw drives: kept in a sidecar file in the data dir (Tidemark's extension) */
+  sidecar: z.boolean(),
+  /** memory the bitmap takes, bytes */
+  memoryBytes: z.number().int().nonnegative(),
+  /** fraction dirty (0..1) in equal buckets across the disk, for the dirty-map strip */
+  map: z.array(z.number().min(0).max(1)),
+});
+export type BitmapSummary = z.infer<typeof BitmapSummarySchema>;
+
+export const GranularitySchema = z
+  .number()
+  .int()
+  .min(512, 'Granularity is at least 512 bytes.')
+  .max(2 ** 31, 'Granularity is at most 2 GiB.')
+  .refine((g) => (g & (g - 1)) === 0, 'Granularity must be a power of two.');

@@ -2,6 +2,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { EventBus, Router, type Handlers } from './router.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
 import type { DriveInfo } from '../../../src-shared/api/domain.js';
+import { testHandlers } from '../../../test/helpers/handlers.js';
 
 const drive: DriveInfo = {
   id: 'd0',
@@ -15,14 +16,14 @@ const drive: DriveInfo = {
 };
 
 function handlers(overrides: Partial<Handlers> = {}): Handlers {
-  return {
+  return testHandlers({
     'app.info': async () => ({ version: '1', host: 'web', dataDir: '/d', engine: { ioWorkers: 2 } }),
     'drives.list': async () => [drive],
     'drives.create': async () => drive,
     'drives.add': async () => drive,
     'drives.remove': async () => ({}),
     ...overrides,
-  };
+  });
 }
 
 describe('Router', () => {

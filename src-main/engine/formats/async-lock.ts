@@ -39,7 +39,8 @@ interface RangeClaim {
   exclusive: boolean;
 }
 
-interface Waiter extends RangeClaim {
+interface Waiter {
+  claim: RangeClaim;
   grant: () => void;
 }
 
@@ -58,42 +59,37 @@ export class RangeLock {
 
   async acquire(start: number, end: number, exclusive: boolean): Promise<() => void> {
     const claim: RangeClaim = { start, end, exclusive };
-    const blocked = this.waiting.some((w) => conflicts(w, claim)) || [...this.held].some((h) => conflicts(h, claim));
-    if (!blocked) {
-      this.held.add(claim);
+    if (this.isBlocked(claim, this.waiting)) {
+      // grantWaiters moves this very claim object into `held` before resolving
+      await new Promise<void>((resolve) => this.waiting.push({ claim, grant: resolve }));
     } else {
-      await new Promise<void>((resolve) => this.waiting.push({ ...claim, grant: resolve }));
-      // grantWaiters added our claim object's twin; find it by identity below
+      this.held.add(claim);
     }
-    const mine = blocked ? this.lastGranted : claim;
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      this.held.delete(mine as RangeClaim);
+      this.held.delete(claim);
       this.grantWaiters();
     };
   }
 
-  private lastGranted: RangeClaim | undefined;
+  private isBlocked(claim: RangeClaim, earlier: readonly Waiter[]): boolean {
+    for (const w of earlier) if (conflicts(w.claim, claim)) return true;
+    for (const h of this.held) if (conflicts(h, claim)) return true;
+    return false;
+  }
 
   private grantWaiters(): void {
     const still: Waiter[] = [];
-    const grants: { claim: RangeClaim; grant: () => void }[] = [];
     for (const w of this.waiting) {
-      const blocked = still.some((s) => conflicts(s, w)) || [...this.held].some((h) => conflicts(h, w));
-      if (blocked) {
+      if (this.isBlocked(w.claim, still)) {
         still.push(w);
       } else {
-        const claim: RangeClaim = { start: w.start, end: w.end, exclusive: w.exclusive };
-        this.held.add(claim);
-        grants.push({ claim, grant: w.grant });
+        this.held.add(w.claim);
+        w.grant();
       }
     }
     this.waiting = still;
-    for (const g of grants) {
-      this.lastGranted = g.claim;
-      g.grant();
-    }
   }
 }

@@ -6,17 +6,17 @@ import { request } from 'node:http';
 import { WebSocket } from 'ws';
 import { WebHost } from './web-host.js';
 import { EventBus, Router } from '../../app/router/router.js';
+import { testHandlers } from '../../../test/helpers/handlers.js';
 
 const staticDir = mkdtempSync(join(tmpdir(), 'tm-web-'));
 writeFileSync(join(staticDir, 'index.html'), '<!doctype html><title>t</title>');
 const bus = new EventBus();
-const router = new Router({
-  'app.info': async () => ({ version: 't', host: 'web', dataDir: '/d', engine: { ioWorkers: 2 } }),
-  'drives.list': async () => [],
-  'drives.create': async () => Promise.reject(new Error('unused')),
-  'drives.add': async () => Promise.reject(new Error('unused')),
-  'drives.remove': async () => ({}),
-});
+const router = new Router(
+  testHandlers({
+    'app.info': async () => ({ version: 't', host: 'web', dataDir: '/d', engine: { ioWorkers: 2 } }),
+    'drives.list': async () => [],
+  }),
+);
 const host = new WebHost({ router, bus, staticDir, port: 0 });
 let url: URL;
 
