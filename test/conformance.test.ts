@@ -16,7 +16,7 @@ const shared = join(root, '..', 'shared', 'conformance', 'scenarios');
 const own = join(root, 'test', 'scenarios');
 
 /** Shared scenarios whose behaviour is implemented so far; the rest arrive with their issues. */
-const SHARED_SCENARIOS = ['00-qcow2-io.json'];
+const SHARED_SCENARIOS = ['00-qcow2-io.json', '01-bitmap-lifecycle.json', '02-push-chain.json', '03-point-in-time.json', '05-enospc-retry.json', '06-multi-drive-partial-failure.json'];
 
 function run(scenario: string): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => {

@@ -5,6 +5,8 @@ import { NodeBitmaps } from './bitmap/node-bitmaps.js';
 import type { BitmapStore } from './bitmap/bitmap-store.js';
 
 export type WriteKind = 'write' | 'zero' | 'discard';
+/** Runs before a guest write reaches the image (copy-before-write); a rejection fails the write. */
+export type BeforeWriteHook = (offset: number, length: number) => Promise<void>;
 export type WriteListener = (drive: Drive, offset: number, length: number, kind: WriteKind) => void;
 
 /**
@@ -14,6 +16,12 @@ export type WriteListener = (drive: Drive, offset: number, length: number, kind:
  */
 export class Drive {
   private readonly writeListeners = new Set<WriteListener>();
+  private readonly beforeWriteHooks = new Set<BeforeWriteHook>();
+  private inflight = 0;
+  private drainWaiters: (() => void)[] = [];
+  private quiesceCount = 0;
+  private gate: Promise<void> | undefined;
+  private openGate: (() => void) | undefined;
   /** the dirty bitmaps of the drive's root node */
   readonly bitmaps = new NodeBitmaps(() => this.virtualSize);
   /** where this drive's persistent bitmaps are kept (qcow2 extension or sidecar); none for plain raw */
@@ -23,6 +31,11 @@ export class Drive {
     readonly id: string,
     readonly nodeName: string,
     readonly driver: BlockDriver,
+    /**
+     * QEMU's -drive discard=: 'ignore' (its default) drops discard requests before they reach
+     * the image — and so they dirty no bitmap; 'unmap' passes them on.
+     */
+    readonly discardMode: 'ignore' | 'unmap' = 'ignore',
   ) {}
 
   get virtualSize(): number {
@@ -39,31 +52,64 @@ export class Drive {
     return this.driver.read(offset, length);
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  write(offset: number, data: Uint8Array): Promise<void> {
     this.checkWritable(offset, data.length);
-    // QEMU marks bitmaps even when the write fails: the guest may have changed some of it
-    try {
-      await this.driver.write(offset, data);
-    } finally {
-      this.notify(offset, data.length, 'write');
-    }
+    return this.guestWrite(offset, data.length, 'write', () => this.driver.write(offset, data));
   }
 
-  async writeZeroes(offset: number, length: number, options?: { mayUnmap?: boolean }): Promise<void> {
+  writeZeroes(offset: number, length: number, options?: { mayUnmap?: boolean }): Promise<void> {
     this.checkWritable(offset, length);
-    try {
-      await this.driver.writeZeroes(offset, length, options);
-    } finally {
-      this.notify(offset, length, 'zero');
-    }
+    return this.guestWrite(offset, length, 'zero', () => this.driver.writeZeroes(offset, length, options));
   }
 
-  async discard(offset: number, length: number): Promise<void> {
+  discard(offset: number, length: number): Promise<void> {
     this.checkWritable(offset, length);
+    if (this.discardMode === 'ignore') return Promise.resolve();
+    return this.guestWrite(offset, length, 'discard', () => this.driver.discard(offset, length));
+  }
+
+  /** Copy-before-write and other interceptors: run before every guest write, in order. */
+  addBeforeWrite(hook: BeforeWriteHook): () => void {
+    this.beforeWriteHooks.add(hook);
+    return () => this.beforeWriteHooks.delete(hook);
+  }
+
+  /**
+   * Holds new guest writes and waits for those in flight (QEMU's drained section), so a
+   * transaction can start its jobs at one point in time. Call the returned function to let
+   * writes flow again.
+   */
+  async quiesce(): Promise<() => void> {
+    if (this.quiesceCount++ === 0) this.gate = new Promise((r) => (this.openGate = r));
+    if (this.inflight > 0) await new Promise<void>((r) => this.drainWaiters.push(r));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.quiesceCount === 0) {
+        this.gate = undefined;
+        this.openGate?.();
+      }
+    };
+  }
+
+  private async guestWrite(offset: number, length: number, kind: WriteKind, op: () => Promise<void>): Promise<void> {
+    while (this.gate) await this.gate;
+    this.inflight++;
     try {
-      await this.driver.discard(offset, length);
+      for (const hook of this.beforeWriteHooks) await hook(offset, length);
+      // QEMU marks bitmaps even when the write fails: the guest may have changed some of it
+      try {
+        await op();
+      } finally {
+        this.notify(offset, length, kind);
+      }
     } finally {
-      this.notify(offset, length, 'discard');
+      if (--this.inflight === 0) {
+        const waiters = this.drainWaiters;
+        this.drainWaiters = [];
+        for (const w of waiters) w();
+      }
     }
   }
 

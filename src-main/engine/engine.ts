@@ -5,6 +5,7 @@ import { IoPool } from './io/pool.js';
 import { openImage } from './formats/open.js';
 import { assertNotLockedByOthers } from './locking.js';
 import { BitmapCommands } from './bitmap/bitmap-ops.js';
+import { JobManager } from './jobs/manager.js';
 import type { ImageFormat } from './formats/types.js';
 import { TidemarkError } from '../../src-shared/errors.js';
 
@@ -13,6 +14,8 @@ export interface AttachOptions {
   path: string;
   format?: ImageFormat | 'auto';
   readOnly?: boolean;
+  /** QEMU's discard=: 'ignore' (default, as in QEMU) or 'unmap' */
+  discard?: 'ignore' | 'unmap';
 }
 
 /** Runs when a drive opens (before anyone can write to it) or closes (before its image is closed). */
@@ -31,6 +34,7 @@ interface EngineEvents {
 export class BlockEngine extends EventEmitter<EngineEvents> {
   readonly pool: IoPool;
   readonly bitmapCommands = new BitmapCommands((idOrNode) => this.lookup(idOrNode));
+  readonly jobs = new JobManager();
   private readonly drives = new Map<string, Drive>();
   private nodeCounter = 0;
   private readonly attachHooks: DriveHook[] = [];
@@ -80,7 +84,7 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
       await driver.close();
       throw new TidemarkError('ALREADY_EXISTS', `A drive with id '${options.id}' already exists.`);
     }
-    const drive = new Drive(options.id, this.nextNodeName(), driver);
+    const drive = new Drive(options.id, this.nextNodeName(), driver, options.discard ?? 'ignore');
     try {
       for (const hook of this.attachHooks) await hook(drive);
     } catch (err) {
@@ -109,6 +113,7 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
   close(): Promise<void> {
     this.closing ??= (async () => {
       const errors: unknown[] = [];
+      await this.jobs.cancelAll();
       for (const id of [...this.drives.keys()]) await this.detach(id).catch((e: unknown) => errors.push(e));
       await this.pool.close();
       if (errors.length) throw errors[0];

@@ -43,11 +43,11 @@ export class DrivesService {
   }
 
   /** A drive for this session only (command line). */
-  async attachSessionDrive(id: string, path: string, format: 'raw' | 'qcow2' | 'auto'): Promise<Drive> {
+  async attachSessionDrive(id: string, path: string, format: 'raw' | 'qcow2' | 'auto', discard: 'ignore' | 'unmap' = 'ignore'): Promise<Drive> {
     if (this.catalog.listDrives().some((r) => r.id === id)) {
       throw new TidemarkError('ALREADY_EXISTS', `Drive id '${id}' is already used by a drive in the catalog.`);
     }
-    const drive = await this.engine.attach({ id, path: resolve(path), format });
+    const drive = await this.engine.attach({ id, path: resolve(path), format, discard });
     this.sessionOnly.add(id);
     return drive;
   }

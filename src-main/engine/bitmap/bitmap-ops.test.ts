@@ -75,7 +75,8 @@ describe('write tracking', () => {
     }
   });
   it('counts zero writes and discards, not reads; disabled bitmaps miss writes', async () => {
-    const { drive, cmds } = setup();
+    const drive = new Drive('drive0', '#block131', new MemoryDriver(64 * MiB), 'unmap');
+    const cmds = new BitmapCommands(() => drive);
     cmds.add('drive0', 'on');
     cmds.add('drive0', 'off', { disabled: true });
     await drive.writeZeroes(0, 4096);
@@ -83,6 +84,12 @@ describe('write tracking', () => {
     await drive.read(2 * MiB, 4096);
     expect(drive.bitmaps.get('on').count).toBe(2 * 65536);
     expect(drive.bitmaps.get('off').count).toBe(0);
+  });
+  it("ignores discards entirely under QEMU's default discard=ignore", async () => {
+    const { drive, cmds } = setup();
+    cmds.add('drive0', 'b');
+    await drive.discard(0, 4096);
+    expect(drive.bitmaps.get('b').count).toBe(0);
   });
   it('marks even when the write fails', async () => {
     const { drive, cmds } = setup();

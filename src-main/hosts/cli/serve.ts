@@ -28,7 +28,9 @@ export async function serve(args: ParsedArgs, dataDir: string, start: (o: AppOpt
     if (!kv.id || !kv.file) throw new UsageError(`--drive needs id=ID,file=PATH (and optionally format=raw|qcow2); got '${text}'`);
     const format = kv.format ?? 'auto';
     if (format !== 'raw' && format !== 'qcow2' && format !== 'auto') throw new UsageError(`--drive format must be raw or qcow2; got '${format}'`);
-    return { id: kv.id, file: kv.file, format: format as 'raw' | 'qcow2' | 'auto' };
+    const discard = kv.discard ?? 'ignore';
+    if (discard !== 'ignore' && discard !== 'unmap') throw new UsageError(`--drive discard must be ignore or unmap; got '${discard}'`);
+    return { id: kv.id, file: kv.file, format: format as 'raw' | 'qcow2' | 'auto', discard: discard as 'ignore' | 'unmap' };
   });
 
   const log = (m: string) => process.stderr.write(`${m}\n`);
@@ -44,7 +46,7 @@ export async function serve(args: ParsedArgs, dataDir: string, start: (o: AppOpt
     })());
 
   try {
-    for (const d of drives) await app.drives.attachSessionDrive(d.id, d.file, d.format);
+    for (const d of drives) await app.drives.attachSessionDrive(d.id, d.file, d.format, d.discard);
     if (qmpPath) {
       qmp = new QmpServer(app.engine, { path: qmpPath, log, onQuit: () => stop() });
       await qmp.listen();

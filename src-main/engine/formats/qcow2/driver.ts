@@ -487,6 +487,7 @@ export class Qcow2Driver implements BlockDriver {
     const end = offset + length;
     const out = new Uint8Array(length);
     const tasks: Promise<void>[] = [];
+    try {
     let i = 0;
     while (i < n) {
       const m = maps[i];
@@ -512,6 +513,10 @@ export class Qcow2Driver implements BlockDriver {
         tasks.push(this.readCompressed(m, c0 + i).then((d) => out.set(d.subarray(inCluster, inCluster + stop - start), at)));
       }
       i = j;
+    }
+    } finally {
+      // a run that fails synchronously must not leave the others' rejections unobserved
+      await Promise.allSettled(tasks);
     }
     await settleAll(tasks);
     return out;

@@ -9,6 +9,7 @@ export interface QmpContext {
   engine: BlockEngine;
   /** asks the server to close every image and exit */
   quit(): void;
+  log?: (message: string) => void;
 }
 
 export interface QmpCommand {

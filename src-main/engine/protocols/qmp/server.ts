@@ -56,6 +56,7 @@ export class QmpServer {
     }
     await chmod(this.options.path, 0o600);
     this.server = server;
+    this.engine.jobs.on('event', this.onJobEvent);
   }
 
   /** Sends an event to every client that finished negotiation. */
@@ -64,16 +65,23 @@ export class QmpServer {
     for (const s of this.sessions) s.sendEvent(msg);
   }
 
+  /** After the reply to `quit` has gone out: announce SHUTDOWN like QEMU, then let the host close everything. */
   quit(): void {
-    this.quitResolve();
-    this.options.onQuit?.();
+    setImmediate(() => {
+      this.broadcast('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
+      this.quitResolve();
+      this.options.onQuit?.();
+    });
   }
 
   log(message: string): void {
     this.options.log?.(message);
   }
 
+  private readonly onJobEvent = (event: string, data: Record<string, unknown>): void => this.broadcast(event, data);
+
   async close(): Promise<void> {
+    this.engine.jobs.off('event', this.onJobEvent);
     for (const s of this.sessions) s.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     await unlink(this.options.path).catch(() => {});
@@ -103,8 +111,10 @@ class QmpSession {
     if (this.negotiated) this.send(msg);
   }
 
+  /** Closes after pending replies are flushed. */
   destroy(): void {
-    this.socket.destroy();
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref();
   }
 
   private send(msg: Reply): void {
@@ -152,7 +162,7 @@ class QmpSession {
       const command = findCommand(name);
       if (!command) throw new QmpError('CommandNotFound', `The command ${name} has not been found`);
       const args = checkArgs(command.args, m.arguments);
-      const result = await command.run(args, { engine: this.server.engine, quit: () => this.server.quit() });
+      const result = await command.run(args, { engine: this.server.engine, quit: () => this.server.quit(), log: (m) => this.server.log(m) });
       return withId({ return: result ?? {} });
     } catch (err) {
       if (err instanceof QmpError) return withId({ error: { class: err.errorClass, desc: err.message } });
