@@ -12,10 +12,23 @@ export interface LockInfo {
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
+  // a killed process stays signalable as a zombie until reaped: that is not an owner
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true;
+  }
+}
+
+/** How long a new instance waits for a previous owner that is still shutting down. */
+const TAKEOVER_WAIT_MS = 3000;
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /**
@@ -27,7 +40,7 @@ export class InstanceLock {
 
   static acquire(dataDir: string): InstanceLock {
     const file = join(dataDir, 'tidemark.lock');
-    for (let attempt = 0; attempt < 2; attempt++) {
+    for (let attempt = 0; attempt < 3; attempt++) {
       try {
         const fd = openSync(file, 'wx', 0o600);
         const info: LockInfo = { pid: process.pid, startedAt: new Date().toISOString() };
@@ -38,7 +51,12 @@ export class InstanceLock {
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       }
-      const holder = InstanceLock.read(dataDir);
+      let holder = InstanceLock.read(dataDir);
+      // an owner that was just stopped may need a moment to exit and release the lock
+      for (let waited = 0; holder && holder.pid !== process.pid && alive(holder.pid) && waited < TAKEOVER_WAIT_MS; waited += 100) {
+        sleepSync(100);
+        holder = InstanceLock.read(dataDir);
+      }
       if (holder && holder.pid !== process.pid && alive(holder.pid)) {
         throw new TidemarkError(
           'LOCKED',

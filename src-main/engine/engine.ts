@@ -6,6 +6,8 @@ import { openImage } from './formats/open.js';
 import { assertNotLockedByOthers } from './locking.js';
 import { BitmapCommands } from './bitmap/bitmap-ops.js';
 import { JobManager } from './jobs/manager.js';
+import { Qcow2Driver } from './formats/qcow2/driver.js';
+import { Qcow2BitmapStore } from './bitmap/qcow2-store.js';
 import type { ImageFormat } from './formats/types.js';
 import { TidemarkError } from '../../src-shared/errors.js';
 
@@ -86,6 +88,12 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
     }
     const drive = new Drive(options.id, this.nextNodeName(), driver, options.discard ?? 'ignore');
     try {
+      if (driver instanceof Qcow2Driver) {
+        // persistent bitmaps: loaded (and marked in use on disk) before anyone can write
+        const store = new Qcow2BitmapStore(driver, drive.id);
+        for (const b of await store.load(driver.virtualSize)) drive.bitmaps.insert(b);
+        drive.bitmapStore = store;
+      }
       for (const hook of this.attachHooks) await hook(drive);
     } catch (err) {
       await driver.close();
@@ -104,6 +112,8 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
     this.drives.delete(id);
     try {
       for (const hook of this.detachHooks) await hook(drive);
+      // a clean close: persistent bitmaps written, in-use cleared
+      await drive.bitmapStore?.store(drive.bitmaps.all());
     } finally {
       await drive.driver.close().finally(() => this.emit('detached', drive));
     }

@@ -6,6 +6,7 @@ import { checkArgs, findCommand } from './commands.js';
 import { QmpError, generic } from './errors.js';
 import { APP_VERSION_FOR_QMP } from './version.js';
 import './register-all.js';
+import { TidemarkError } from '../../../../src-shared/errors.js';
 
 export interface QmpServerOptions {
   path: string;
@@ -167,7 +168,8 @@ class QmpSession {
     } catch (err) {
       if (err instanceof QmpError) return withId({ error: { class: err.errorClass, desc: err.message } });
       const desc = err instanceof Error ? err.message : String(err);
-      this.server.log(`qmp: ${name} failed: ${err instanceof Error ? (err.stack ?? desc) : desc}`);
+      // refusals are answers, not incidents: only unexpected failures go to the log
+      if (!(err instanceof TidemarkError)) this.server.log(`qmp: ${name} failed: ${err instanceof Error ? (err.stack ?? desc) : desc}`);
       return withId({ error: { class: 'GenericError', desc } });
     }
   }

@@ -1,0 +1,165 @@
+import type { FileHandle } from '../../io/file-handle.js';
+import { corruptImage } from '../image-errors.js';
+import { MetadataCache } from '../metadata-cache.js';
+import { HI_COPIED } from './constants.js';
+import type { HostAllocator } from './host-allocator.js';
+import { decodeL2, encodeL2, encodeRaw, UNALLOCATED, type ClusterMapping } from './l2-entry.js';
+import type { MetaGuard } from './meta-guard.js';
+import type { MetadataMap } from './metadata-map.js';
+
+/** New raw L2 entry for a cluster, or null to keep it; `free` tells the caller to drop its old host cluster(s). */
+export type EntryDecision = { hi: number; lo: number; free: boolean } | null;
+
+export interface ClusterMapOptions {
+  file: FileHandle;
+  path: string;
+  clusterBits: number;
+  version: number;
+  l1: Uint8Array;
+  l1Size: number;
+  l1TableOffset: number;
+  cacheBytes: number;
+  metadata: MetadataMap;
+  guard: MetaGuard;
+  /** one past the last host cluster that may hold data (bounds for pointers read at runtime) */
+  hostEnd: () => number;
+}
+
+/**
+ * Guest cluster → host mapping: the L1 table (kept in memory) and a bounded cache of L2 tables.
+ * Lookups need no lock; `ensureL2` and `setEntries` must run under the metadata lock. Updates
+ * are written through, one write per L2 table touched, and a new L2 table is written (zeroed)
+ * before the L1 entry that points at it.
+ */
+export class ClusterMap {
+  readonly l2Entries: number;
+  private readonly file: FileHandle;
+  private readonly path: string;
+  private readonly cs: number;
+  private readonly version: number;
+  private readonly l1: Uint8Array;
+  private readonly l1View: DataView;
+  private readonly l1Size: number;
+  private readonly l1TableOffset: number;
+  private readonly cache: MetadataCache;
+  private readonly metadata: MetadataMap;
+  private readonly guard: MetaGuard;
+  private readonly hostEnd: () => number;
+
+  constructor(o: ClusterMapOptions) {
+    this.file = o.file;
+    this.path = o.path;
+    this.cs = 2 ** o.clusterBits;
+    this.l2Entries = this.cs / 8;
+    this.version = o.version;
+    this.l1 = o.l1;
+    this.l1View = new DataView(o.l1.buffer, o.l1.byteOffset, o.l1.byteLength);
+    this.l1Size = o.l1Size;
+    this.l1TableOffset = o.l1TableOffset;
+    this.cache = new MetadataCache(Math.max(16, Math.floor(o.cacheBytes / this.cs)));
+    this.metadata = o.metadata;
+    this.guard = o.guard;
+    this.hostEnd = o.hostEnd;
+    for (let i = 0; i < o.l1Size; i++) {
+      const off = this.l1Offset(i);
+      if (off) this.metadata.addL2(off);
+    }
+  }
+
+  l1Offset(index: number): number {
+    if (index >= this.l1Size) return 0;
+    const hi = this.l1View.getUint32(index * 8) & 0x00ffffff;
+    const lo = this.l1View.getUint32(index * 8 + 4) & 0xfffffe00;
+    return hi * 2 ** 32 + (lo >>> 0);
+  }
+
+  private async readL2(offset: number): Promise<Uint8Array> {
+    if (offset % this.cs !== 0 || offset < this.cs || offset >= this.hostEnd() * this.cs) {
+      throw corruptImage(this.path, `L2 table offset 0x${offset.toString(16)} is invalid`);
+    }
+    return this.file.pread(offset, this.cs);
+  }
+
+  /** The L2 table for an L1 index, or null when none is allocated. */
+  async table(l1Index: number): Promise<DataView | null> {
+    const off = this.l1Offset(l1Index);
+    if (!off) return null;
+    const t = await this.cache.get(off, () => this.readL2(off));
+    return new DataView(t.buffer, t.byteOffset, t.byteLength);
+  }
+
+  decode(table: DataView, index: number): ClusterMapping {
+    return decodeL2(table, index, this.version, this.path);
+  }
+
+  /** Mappings of guest clusters [first, first+count). */
+  async mapRange(first: number, count: number): Promise<ClusterMapping[]> {
+    const out = new Array<ClusterMapping>(count);
+    let i = 0;
+    while (i < count) {
+      const c = first + i;
+      const inTable = Math.min(count - i, this.l2Entries - (c % this.l2Entries));
+      const table = await this.table(Math.floor(c / this.l2Entries));
+      for (let k = 0; k < inTable; k++) out[i + k] = table ? this.decode(table, (c + k) % this.l2Entries) : UNALLOCATED;
+      i += inTable;
+    }
+    return out;
+  }
+
+  /** The L2 table for an L1 index, allocating an empty one (refcount → zeroed table → L1) when missing. */
+  async ensureL2(l1Index: number, allocator: HostAllocator): Promise<number> {
+    if (l1Index >= this.l1Size) throw corruptImage(this.path, `guest cluster beyond the L1 table (index ${l1Index})`);
+    const existing = this.l1Offset(l1Index);
+    if (existing) {
+      if (!(this.l1View.getUint32(l1Index * 8) & HI_COPIED)) {
+        throw corruptImage(this.path, `L2 table ${l1Index} is shared (COPIED clear); images with snapshots are read-only here`);
+      }
+      return existing;
+    }
+    const offset = (await allocator.allocate(1)) * this.cs;
+    const table = new Uint8Array(this.cs);
+    await this.guard.run(this.file.pwrite(offset, table));
+    this.cache.set(offset, table);
+    this.metadata.addL2(offset);
+    encodeL2(this.l1View, l1Index, offset, { copied: true, zero: false });
+    await this.guard.run(this.file.pwrite(this.l1TableOffset + l1Index * 8, this.l1.slice(l1Index * 8, l1Index * 8 + 8)));
+    return offset;
+  }
+
+  /**
+   * Rewrites entries of guest clusters [first, first+count), all in existing L2 tables.
+   * `decide(k, old)` returns the new entry for cluster first+k or null to keep it.
+   */
+  async setEntries(first: number, count: number, decide: (k: number, old: ClusterMapping) => EntryDecision): Promise<void> {
+    let i = 0;
+    while (i < count) {
+      const c = first + i;
+      const l1Index = Math.floor(c / this.l2Entries);
+      const inTable = Math.min(count - i, this.l2Entries - (c % this.l2Entries));
+      const off = this.l1Offset(l1Index);
+      if (!off) throw corruptImage(this.path, `L2 table ${l1Index} vanished during an update`);
+      const table = await this.cache.getPinned(off, () => this.readL2(off));
+      try {
+        const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+        const base = c % this.l2Entries;
+        let lo = -1;
+        let hi = -1;
+        for (let k = 0; k < inTable; k++) {
+          const d = decide(i + k, this.decode(view, base + k));
+          if (!d) continue;
+          encodeRaw(view, base + k, d.hi, d.lo);
+          if (lo < 0) lo = k;
+          hi = k;
+        }
+        if (lo >= 0) {
+          const from = (base + lo) * 8;
+          const to = (base + hi + 1) * 8;
+          await this.guard.run(this.file.pwrite(off + from, table.slice(from, to)));
+        }
+      } finally {
+        this.cache.unpin(off);
+      }
+      i += inTable;
+    }
+  }
+}

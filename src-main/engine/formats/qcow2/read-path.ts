@@ -1,0 +1,153 @@
+import type { FileHandle } from '../../io/file-handle.js';
+import { corruptImage } from '../image-errors.js';
+import type { BlockDriver } from '../types.js';
+import type { ClusterMap } from './cluster-map.js';
+import { decodeCompressed, decompressCluster } from './compressed.js';
+import type { ClusterMapping } from './l2-entry.js';
+
+export interface ReadPathOptions {
+  file: FileHandle;
+  path: string;
+  clusterBits: number;
+  compressionType: number;
+  map: ClusterMap;
+  backing: BlockDriver | null;
+  hostEnd: () => number;
+}
+
+/**
+ * Guest reads: runs of clusters with the same kind (and, for data, contiguous host offsets)
+ * become one pread each, unallocated runs go to the backing chain, compressed clusters are
+ * inflated (the last one is cached for sequential small reads). No locking here.
+ */
+export class ReadPath {
+  private readonly file: FileHandle;
+  private readonly path: string;
+  private readonly cs: number;
+  private readonly clusterBits: number;
+  private readonly compressionType: number;
+  private readonly map: ClusterMap;
+  private readonly backing: BlockDriver | null;
+  private readonly hostEnd: () => number;
+  private lastCompressed: { hi: number; lo: number; data: Uint8Array } | undefined;
+
+  constructor(o: ReadPathOptions) {
+    this.file = o.file;
+    this.path = o.path;
+    this.cs = 2 ** o.clusterBits;
+    this.clusterBits = o.clusterBits;
+    this.compressionType = o.compressionType;
+    this.map = o.map;
+    this.backing = o.backing;
+    this.hostEnd = o.hostEnd;
+  }
+
+  /** Throws unless host clusters [host, +clusters) lie inside the file and past the header. */
+  checkHost(host: number, clusters: number, guestCluster: number): void {
+    const first = host / this.cs;
+    if (first < 1 || first + clusters > this.hostEnd()) {
+      throw corruptImage(this.path, `data for guest cluster ${guestCluster} points to 0x${host.toString(16)}, outside the image file`);
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const cs = this.cs;
+    const c0 = Math.floor(offset / cs);
+    const n = Math.floor((offset + length - 1) / cs) - c0 + 1;
+    const maps = await this.map.mapRange(c0, n);
+    const end = offset + length;
+    const out = new Uint8Array(length);
+    const tasks: Promise<void>[] = [];
+    try {
+      let i = 0;
+      while (i < n) {
+        const m = maps[i];
+        const j = runEnd(maps, i, cs);
+        const start = Math.max(offset, (c0 + i) * cs);
+        const stop = Math.min(end, (c0 + j) * cs);
+        const at = start - offset;
+        if (m.kind === 'normal') {
+          this.checkHost(m.host, j - i, c0 + i);
+          const hostStart = m.host + (start - (c0 + i) * cs);
+          // one run covering everything: hand out the pread buffer itself
+          if (i === 0 && j === n) return await this.file.pread(hostStart, stop - start);
+          tasks.push(this.file.pread(hostStart, stop - start).then((d) => out.set(d, at)));
+        } else if (m.kind === 'unallocated') {
+          tasks.push(this.readBacking(start, stop - start).then((d) => d && out.set(d, at)));
+        } else if (m.kind === 'compressed') {
+          const inCluster = start - (c0 + i) * cs;
+          tasks.push(this.readCompressed(m, c0 + i).then((d) => out.set(d.subarray(inCluster, inCluster + stop - start), at)));
+        }
+        i = j;
+      }
+    } finally {
+      // a run that fails synchronously must not leave the others' rejections unobserved
+      await Promise.allSettled(tasks);
+    }
+    for (const r of await Promise.allSettled(tasks)) if (r.status === 'rejected') throw r.reason;
+    return out;
+  }
+
+  /** Backing data for a guest range; undefined when it reads as zeros (no backing, or past its end). */
+  async readBacking(offset: number, length: number): Promise<Uint8Array | undefined> {
+    const b = this.backing;
+    if (!b || offset >= b.virtualSize) return undefined;
+    const n = Math.min(length, b.virtualSize - offset);
+    const data = await b.read(offset, n);
+    if (n === length) return data;
+    const padded = new Uint8Array(length);
+    padded.set(data);
+    return padded;
+  }
+
+  async readCompressed(m: ClusterMapping, guestCluster: number): Promise<Uint8Array> {
+    const cached = this.lastCompressed;
+    if (cached && cached.hi === m.hi && cached.lo === m.lo) return cached.data;
+    const d = decodeCompressed(m.hi, m.lo, this.clusterBits);
+    // the last sector may run past EOF (QEMU does not pad the file); the start may not
+    if (d.offset < this.cs || d.offset >= this.hostEnd() * this.cs) {
+      throw corruptImage(this.path, `compressed data for guest cluster ${guestCluster} points outside the image file`);
+    }
+    const raw = await this.file.pread(d.offset, d.length);
+    const data = await decompressCluster(raw, this.cs, this.compressionType, this.path, guestCluster * this.cs);
+    this.lastCompressed = { hi: m.hi, lo: m.lo, data };
+    return data;
+  }
+
+  /** The full current contents of one guest cluster (for read-modify-write of partial writes). */
+  async clusterContents(m: ClusterMapping, cluster: number): Promise<Uint8Array> {
+    switch (m.kind) {
+      case 'normal':
+        this.checkHost(m.host, 1, cluster);
+        return this.file.pread(m.host, this.cs);
+      case 'compressed':
+        return (await this.readCompressed(m, cluster)).slice();
+      case 'unallocated':
+        return (await this.readBacking(cluster * this.cs, this.cs)) ?? new Uint8Array(this.cs);
+      default:
+        return new Uint8Array(this.cs);
+    }
+  }
+
+  /** Whether a cluster already reads as zeros, judged from its mapping alone. */
+  readsAsZero(m: ClusterMapping, cluster: number): boolean {
+    if (m.kind === 'zero' || m.kind === 'zero-alloc') return true;
+    if (m.kind !== 'unallocated') return false;
+    return !this.backing || cluster * this.cs >= this.backing.virtualSize;
+  }
+}
+
+/** End (exclusive) of the run of clusters starting at i that one read operation can serve. */
+function runEnd(maps: ClusterMapping[], i: number, cs: number): number {
+  const m = maps[i];
+  const n = maps.length;
+  let j = i + 1;
+  if (m.kind === 'normal') {
+    while (j < n && maps[j].kind === 'normal' && maps[j].host === maps[j - 1].host + cs) j++;
+  } else if (m.kind === 'unallocated') {
+    while (j < n && maps[j].kind === 'unallocated') j++;
+  } else if (m.kind !== 'compressed') {
+    while (j < n && (maps[j].kind === 'zero' || maps[j].kind === 'zero-alloc')) j++;
+  }
+  return j;
+}
