@@ -32,6 +32,7 @@ const configs = [
       cli: 'src-main/hosts/cli/main.ts',
       'io-worker': 'src-main/engine/io/io-worker.ts',
       'electron-main': 'src-main/hosts/electron/main.ts',
+      engine: 'src-main/engine/index.ts',
     },
     outdir: 'dist/main',
     outExtension: { '.js': '.mjs' },

@@ -8,7 +8,8 @@ import { ensureSystemTools } from './system-tools.mjs';
 const root = fileURLToPath(new URL('..', import.meta.url));
 const node = process.execPath;
 const bin = (name) => `${root}node_modules/.bin/${name}`;
-const env = { ...process.env, ELECTRON_SKIP_BINARY_DOWNLOAD: '1', PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: '1', FORCE_COLOR: '0' };
+// one build up front; the vitest and playwright set-ups then skip theirs
+const env = { ...process.env, ELECTRON_SKIP_BINARY_DOWNLOAD: '1', PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: '1', FORCE_COLOR: '0', TIDEMARK_SKIP_BUILD: '1', TIDEMARK_E2E_SKIP_BUILD: '1' };
 
 function step(title, cmd, args) {
   console.log(`\n=== ${title}`);

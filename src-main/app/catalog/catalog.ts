@@ -14,7 +14,7 @@ export interface DriveRow {
  * node:sqlite — built into Node 24 and Electron 45, so nothing to rebuild per runtime.
  */
 export class Catalog {
-  private readonly db: DatabaseSync;
+  readonly db: DatabaseSync;
 
   constructor(file: string) {
     this.db = new DatabaseSync(file);
@@ -71,6 +71,16 @@ export class Catalog {
 
   insertDrive(row: DriveRow): void {
     this.db.prepare('INSERT INTO drives (id, path, format, added_at) VALUES (?, ?, ?, ?)').run(row.id, row.path, row.format, row.addedAt);
+  }
+
+  driveSettings(id: string): { backupDir: string | null; backupMode: 'incremental' | 'differential' } | undefined {
+    const row = this.db.prepare('SELECT backup_dir, backup_mode FROM drives WHERE id = ?').get(id) as { backup_dir: string | null; backup_mode: 'incremental' | 'differential' } | undefined;
+    return row && { backupDir: row.backup_dir, backupMode: row.backup_mode };
+  }
+
+  setDriveSettings(id: string, settings: { backupDir?: string; backupMode?: 'incremental' | 'differential' }): void {
+    if (settings.backupDir !== undefined) this.db.prepare('UPDATE drives SET backup_dir = ? WHERE id = ?').run(settings.backupDir, id);
+    if (settings.backupMode !== undefined) this.db.prepare('UPDATE drives SET backup_mode = ? WHERE id = ?').run(settings.backupMode, id);
   }
 
   deleteDrive(id: string): boolean {

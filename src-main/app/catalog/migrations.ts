@@ -15,4 +15,62 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       ) STRICT;
     `,
   },
+  {
+    version: 2,
+    name: 'chains, backups, groups, job history',
+    sql: `
+      ALTER TABLE drives ADD COLUMN backup_dir TEXT;
+      ALTER TABLE drives ADD COLUMN backup_mode TEXT NOT NULL DEFAULT 'incremental' CHECK (backup_mode IN ('incremental', 'differential'));
+      CREATE TABLE groups (
+        name       TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+      ) STRICT;
+      CREATE TABLE group_members (
+        group_name TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+        drive_id   TEXT NOT NULL REFERENCES drives(id) ON DELETE CASCADE,
+        PRIMARY KEY (group_name, drive_id)
+      ) STRICT;
+      -- chains outlive their drive's attachment: backups are the point of the app
+      CREATE TABLE chains (
+        id          TEXT PRIMARY KEY,
+        drive_id    TEXT NOT NULL,
+        folder      TEXT NOT NULL,
+        bitmap      TEXT NOT NULL,
+        mode        TEXT NOT NULL CHECK (mode IN ('incremental', 'differential')),
+        virtual_size INTEGER NOT NULL,
+        created_at  TEXT NOT NULL,
+        closed_at   TEXT
+      ) STRICT;
+      CREATE INDEX chains_by_drive ON chains(drive_id, created_at);
+      CREATE TABLE backups (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        chain_id      TEXT NOT NULL REFERENCES chains(id) ON DELETE CASCADE,
+        seq           INTEGER NOT NULL,
+        kind          TEXT NOT NULL CHECK (kind IN ('full', 'inc', 'diff')),
+        parent_id     INTEGER REFERENCES backups(id),
+        point_in_time TEXT NOT NULL,
+        file          TEXT NOT NULL,
+        virtual_size  INTEGER NOT NULL,
+        file_size     INTEGER,
+        bytes_copied  INTEGER,
+        duration_ms   INTEGER,
+        sha256        TEXT,
+        status        TEXT NOT NULL CHECK (status IN ('running', 'complete', 'failed', 'missing', 'corrupt')),
+        error         TEXT,
+        job_id        TEXT,
+        UNIQUE (chain_id, seq)
+      ) STRICT;
+      CREATE TABLE job_history (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id      TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        drive_id    TEXT NOT NULL,
+        started_at  TEXT NOT NULL,
+        ended_at    TEXT,
+        outcome     TEXT NOT NULL CHECK (outcome IN ('running', 'completed', 'failed', 'cancelled')),
+        bytes       INTEGER NOT NULL DEFAULT 0,
+        error       TEXT
+      ) STRICT;
+    `,
+  },
 ];

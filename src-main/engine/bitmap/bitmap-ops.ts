@@ -1,5 +1,5 @@
 import type { Drive } from '../drive.js';
-import { DirtyBitmap, bitmapBytes, defaultGranularity, isValidGranularity } from './dirty-bitmap.js';
+import { bitmapBytes, defaultGranularity, isValidGranularity, type DirtyBitmap } from './dirty-bitmap.js';
 import { BitmapError, CHECK_ALLOW_RO, CHECK_BUSY, CHECK_DEFAULT, CHECK_RO, checkBitmap } from './node-bitmaps.js';
 
 /** Finds drives by id or node name. */

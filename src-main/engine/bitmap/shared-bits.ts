@@ -168,7 +168,7 @@ export class SharedBits {
   /** Set bits in [first, last], counted word by word. */
   countRange(first: number, last: number): number {
     let n = 0;
-    for (const [start, len] of this.runs(first, last + 1)) n += len;
+    for (const [, len] of this.runs(first, last + 1)) n += len;
     return n;
   }
 

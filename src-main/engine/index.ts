@@ -1,0 +1,13 @@
+// The engine's public surface, for tools that embed it (benchmarks, scripts). The app imports
+// the modules directly.
+export { BlockEngine, type AttachOptions } from './engine.js';
+export { Drive } from './drive.js';
+export { IoPool } from './io/pool.js';
+export { fsOpener } from './io/fs-file.js';
+export { openImage, createImage, probeFormat } from './formats/open.js';
+export type { BlockDriver, BlockExtent, ImageInfo, ImageFormat } from './formats/types.js';
+export { DirtyBitmap } from './bitmap/dirty-bitmap.js';
+export { SharedBits } from './bitmap/shared-bits.js';
+export { runTransaction, type TransactionAction } from './jobs/transaction.js';
+export { createBackupJob, type BackupParams } from './jobs/backup-create.js';
+export { QmpServer } from './protocols/qmp/server.js';
