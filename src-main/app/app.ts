@@ -6,6 +6,13 @@ import { InstanceLock } from './instance-lock.js';
 import { EventBus, Router } from './router/router.js';
 import { DrivesService } from './services/drives.js';
 import { BitmapsService } from './services/bitmaps.js';
+import { BackupService } from './services/backups.js';
+import { JobsService } from './services/jobs.js';
+import { importChains } from './services/chain-import.js';
+import { ChainsRepo } from './catalog/chains-repo.js';
+import { GroupsRepo } from './catalog/groups-repo.js';
+import { JobsRepo } from './catalog/jobs-repo.js';
+import { TidemarkError } from '../../src-shared/errors.js';
 import { APP_VERSION } from './version.js';
 
 export interface AppOptions {
@@ -25,6 +32,9 @@ export class TidemarkApp {
   readonly bus = new EventBus();
   readonly drives: DrivesService;
   readonly bitmaps: BitmapsService;
+  readonly jobs: JobsService;
+  readonly backups: BackupService;
+  readonly groups: GroupsRepo;
   readonly router: Router;
   readonly lock: InstanceLock;
   private closed: Promise<void> | undefined;
@@ -44,6 +54,10 @@ export class TidemarkApp {
     this.bitmaps = new BitmapsService(this.engine, this.bus, options.dataDir);
     this.engine.onAttach((d) => this.bitmaps.attachSidecar(d));
     this.engine.onDetach((d) => this.bitmaps.detachSidecar(d));
+    const chains = new ChainsRepo(this.catalog.db);
+    this.groups = new GroupsRepo(this.catalog.db);
+    this.jobs = new JobsService(this.engine, new JobsRepo(this.catalog.db), this.bus);
+    this.backups = new BackupService(this.engine, this.catalog, chains, this.groups, this.bitmaps, this.jobs, this.bus);
     this.router = new Router(
       {
         'app.info': async () => ({
@@ -69,6 +83,38 @@ export class TidemarkApp {
         'bitmaps.enable': async (p) => this.bitmaps.enable(p),
         'bitmaps.disable': async (p) => this.bitmaps.disable(p),
         'bitmaps.merge': async (p) => this.bitmaps.merge(p),
+        'backups.list': async (p) => this.backups.list(p.driveId),
+        'backups.getSettings': async (p) => this.backups.settings(p.driveId),
+        'backups.setSettings': async (p) => this.backups.setSettings(p.driveId, p),
+        'backups.run': (p) => this.backups.run(p),
+        'backups.verify': (p) => this.backups.verify(p.chainId),
+        'backups.deleteChain': async (p) => {
+          await this.backups.deleteChain(p.chainId);
+          return {};
+        },
+        'backups.import': async (p) => {
+          const ids = await importChains(this.engine, this.catalog, chains, p.folder, p.driveId);
+          for (const id of ids) this.bus.emit('backups.changed', { driveId: chains.chain(id)!.driveId });
+          return this.backups.list().filter((c) => ids.includes(c.chainId));
+        },
+        'groups.list': async () => this.groups.list(),
+        'groups.set': async (p) => {
+          const known = new Set(this.catalog.listDrives().map((d) => d.id));
+          const unknown = p.drives.filter((d) => !known.has(d));
+          if (unknown.length) throw new TidemarkError('NOT_FOUND', `No drive ${unknown.map((d) => `'${d}'`).join(', ')} in the catalog.`);
+          this.catalog.transaction(() => this.groups.set(p.name, [...new Set(p.drives)], new Date().toISOString()));
+          return { name: p.name, drives: this.groups.members(p.name) };
+        },
+        'groups.remove': async (p) => {
+          if (!this.catalog.transaction(() => this.groups.remove(p.name))) throw new TidemarkError('NOT_FOUND', `No machine group '${p.name}'.`);
+          return {};
+        },
+        'jobs.list': async () => this.jobs.list(),
+        'jobs.history': async (p) => this.jobs.history(p.limit),
+        'jobs.pause': async (p) => (this.jobs.pause(p.id), {}),
+        'jobs.resume': async (p) => (this.jobs.resume(p.id), {}),
+        'jobs.cancel': async (p) => (await this.jobs.cancel(p.id), {}),
+        'jobs.setSpeed': async (p) => (this.jobs.setSpeed(p.id, p.speed), {}),
       },
       options.log,
     );
@@ -76,6 +122,9 @@ export class TidemarkApp {
 
   static async start(options: AppOptions): Promise<TidemarkApp> {
     const app = new TidemarkApp(options);
+    // a previous run that died mid-job: its attempts failed, their partial files go
+    const recovered = (await app.backups.recover()) + app.jobs.recover();
+    if (recovered) options.log?.(`Recovered from an unclean stop: ${recovered} interrupted job(s) marked failed.`);
     await app.drives.openAll();
     return app;
   }

@@ -1,7 +1,14 @@
 import { z } from 'zod';
 import {
   AppInfoSchema,
+  BackupSettingsSchema,
   BitmapNameSchema,
+  ChainModeSchema,
+  ChainSummarySchema,
+  GroupSchema,
+  JobHistorySchema,
+  JobSummarySchema,
+  VerifyReportSchema,
   BitmapSummarySchema,
   DriveIdSchema,
   DriveInfoSchema,
@@ -69,6 +76,44 @@ export const requests = {
     input: z.object({ driveId: DriveIdSchema, target: z.string().min(1), sources: z.array(z.string().min(1)).min(1, 'Pick at least one bitmap to merge.') }).strict(),
     output: BitmapSummarySchema,
   },
+
+  'backups.list': { input: z.object({ driveId: DriveIdSchema.optional() }).strict(), output: z.array(ChainSummarySchema) },
+  'backups.getSettings': { input: z.object({ driveId: DriveIdSchema }).strict(), output: BackupSettingsSchema },
+  'backups.setSettings': {
+    input: z.object({ driveId: DriveIdSchema, backupDir: z.string().min(1).max(4096).optional(), backupMode: ChainModeSchema.optional() }).strict(),
+    output: BackupSettingsSchema,
+  },
+  /** "Back up now": full or incremental/differential decided from the catalog; returns the jobs started */
+  'backups.run': {
+    input: z
+      .object({
+        driveId: DriveIdSchema.optional(),
+        group: z.string().min(1).optional(),
+        /** sets (and remembers) the drive's backup folder */
+        dest: z.string().min(1).max(4096).optional(),
+        /** force a new chain (full) or a differential */
+        force: z.enum(['full', 'diff']).optional(),
+        /** bytes per second; 0 = unlimited */
+        speed: z.number().int().nonnegative().optional(),
+      })
+      .strict()
+      .refine((v) => (v.driveId === undefined) !== (v.group === undefined), 'Give either a drive or a group.'),
+    output: z.array(z.object({ jobId: z.string(), driveId: z.string(), kind: z.enum(['full', 'inc', 'diff']), reason: z.string() })),
+  },
+  'backups.verify': { input: z.object({ chainId: z.string().min(1) }).strict(), output: VerifyReportSchema },
+  'backups.deleteChain': { input: z.object({ chainId: z.string().min(1) }).strict(), output: z.object({}) },
+  'backups.import': { input: z.object({ folder: z.string().min(1).max(4096), driveId: DriveIdSchema.optional() }).strict(), output: z.array(ChainSummarySchema) },
+
+  'groups.list': { input: z.object({}).strict(), output: z.array(GroupSchema) },
+  'groups.set': { input: z.object({ name: z.string().min(1).max(64), drives: z.array(DriveIdSchema).min(1, 'A group needs at least one drive.') }).strict(), output: GroupSchema },
+  'groups.remove': { input: z.object({ name: z.string().min(1) }).strict(), output: z.object({}) },
+
+  'jobs.list': { input: z.object({}).strict(), output: z.array(JobSummarySchema) },
+  'jobs.history': { input: z.object({ limit: z.number().int().positive().max(1000).optional() }).strict(), output: z.array(JobHistorySchema) },
+  'jobs.pause': { input: z.object({ id: z.string().min(1) }).strict(), output: z.object({}) },
+  'jobs.resume': { input: z.object({ id: z.string().min(1) }).strict(), output: z.object({}) },
+  'jobs.cancel': { input: z.object({ id: z.string().min(1) }).strict(), output: z.object({}) },
+  'jobs.setSpeed': { input: z.object({ id: z.string().min(1), speed: z.number().int().nonnegative() }).strict(), output: z.object({}) },
 } as const;
 
 export const events = {
@@ -76,6 +121,12 @@ export const events = {
   'drives.changed': z.object({ drives: z.array(DriveInfoSchema) }),
   /** a drive's bitmaps after any change, throttled to a few per second while writes stream in */
   'bitmaps.changed': z.object({ driveId: DriveIdSchema, bitmaps: z.array(BitmapSummarySchema) }),
+  /** a running job's progress, at most 4 per second per job */
+  'jobs.progress': z.object({ job: JobSummarySchema }),
+  /** a job ended: its last state, with the outcome */
+  'jobs.finished': z.object({ job: JobSummarySchema, outcome: z.enum(['completed', 'failed', 'cancelled']) }),
+  /** a drive's chains changed (a point was added, completed, failed, verified or deleted) */
+  'backups.changed': z.object({ driveId: z.string() }),
 } as const;
 
 export type RequestName = keyof typeof requests;

@@ -78,3 +78,94 @@ export const GranularitySchema = z
   .min(512, 'Granularity is at least 512 bytes.')
   .max(2 ** 31, 'Granularity is at most 2 GiB.')
   .refine((g) => (g & (g - 1)) === 0, 'Granularity must be a power of two.');
+
+export const PointKindSchema = z.enum(['full', 'inc', 'diff']);
+export const PointStatusSchema = z.enum(['running', 'complete', 'failed', 'missing', 'corrupt']);
+export const ChainModeSchema = z.enum(['incremental', 'differential']);
+
+/**
+ * One backup (a point in time) in a chain. `n` numbers a drive's points across all its chains,
+ * oldest = 1; failed attempts are listed (with their error) but get no number: nothing to restore.
+ */
+export const BackupPointSchema = z.object({
+  id: z.number().int(),
+  n: z.number().int().positive().nullable(),
+  seq: z.number().int().positive(),
+  kind: PointKindSchema,
+  file: z.string(),
+  /** ISO-8601 UTC: the backup's point in time (its job's start) */
+  time: z.string(),
+  status: PointStatusSchema,
+  virtualSize: z.number().int().nonnegative(),
+  fileSize: z.number().int().nonnegative().nullable(),
+  bytesCopied: z.number().int().nonnegative().nullable(),
+  durationMs: z.number().int().nonnegative().nullable(),
+  sha256: z.string().nullable(),
+  error: z.string().nullable(),
+});
+export type BackupPoint = z.infer<typeof BackupPointSchema>;
+
+export const ChainSummarySchema = z.object({
+  driveId: z.string(),
+  chainId: z.string(),
+  folder: z.string(),
+  mode: ChainModeSchema,
+  bitmap: z.string(),
+  createdAt: z.string(),
+  closedAt: z.string().nullable(),
+  /** the chain new backups of the drive extend */
+  active: z.boolean(),
+  points: z.array(BackupPointSchema),
+});
+export type ChainSummary = z.infer<typeof ChainSummarySchema>;
+
+export const BackupSettingsSchema = z.object({
+  driveId: DriveIdSchema,
+  /** folder backups go to (each drive gets a sub-folder); null until chosen */
+  backupDir: z.string().nullable(),
+  backupMode: ChainModeSchema,
+});
+export type BackupSettings = z.infer<typeof BackupSettingsSchema>;
+
+export const GroupSchema = z.object({ name: z.string(), drives: z.array(z.string()) });
+export type Group = z.infer<typeof GroupSchema>;
+
+export const JobSummarySchema = z.object({
+  id: z.string(),
+  kind: z.enum(['backup', 'restore']),
+  driveId: z.string(),
+  /** what the job makes: 'full' | 'inc' | 'diff' for backups, 'restore' for restores */
+  label: z.string(),
+  status: z.string(),
+  bytesDone: z.number().nonnegative(),
+  bytesTotal: z.number().nonnegative(),
+  /** bytes per second over the last few seconds */
+  rate: z.number().nonnegative(),
+  etaSeconds: z.number().nonnegative().nullable(),
+  speedLimit: z.number().nonnegative(),
+  paused: z.boolean(),
+  startedAt: z.string(),
+  error: z.string().nullable(),
+});
+export type JobSummary = z.infer<typeof JobSummarySchema>;
+
+export const JobHistorySchema = z.object({
+  id: z.number().int(),
+  jobId: z.string(),
+  kind: z.string(),
+  driveId: z.string(),
+  startedAt: z.string(),
+  endedAt: z.string().nullable(),
+  outcome: z.enum(['running', 'completed', 'failed', 'cancelled']),
+  bytes: z.number().int().nonnegative(),
+  error: z.string().nullable(),
+});
+export type JobHistory = z.infer<typeof JobHistorySchema>;
+
+export const VerifyReportSchema = z.object({
+  chainId: z.string(),
+  ok: z.boolean(),
+  checked: z.number().int().nonnegative(),
+  problems: z.array(z.object({ n: z.number().int().positive(), file: z.string(), problem: z.string() })),
+});
+export type VerifyReport = z.infer<typeof VerifyReportSchema>;

@@ -78,6 +78,16 @@ export class IoPool implements FileOpener {
     return new PoolFile(this, path, options.readOnly, fd);
   }
 
+  /** sha256 of a whole file, hashed on a worker (the main thread never reads it). */
+  async hashFile(path: string): Promise<string> {
+    const file = (await this.open(path, { readOnly: true })) as PoolFile;
+    try {
+      return await file.sha256(0, await file.size());
+    } finally {
+      await file.close();
+    }
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

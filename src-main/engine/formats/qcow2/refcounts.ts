@@ -103,6 +103,14 @@ export class Refcounts {
   }
 
   /**
+   * Runs found by findFree whose refcounts are still being written. Creating a refcount block
+   * (or moving the table, which frees the old one and lowers the hint) may search for free
+   * clusters meanwhile, and must not land inside such a run: QEMU restarts the allocation
+   * (-EAGAIN) for the same reason.
+   */
+  private readonly pending: { start: number; end: number }[] = [];
+
+  /**
    * Finds `count` contiguous clusters with refcount 0 from the search hint on, without taking
    * them (QEMU's alloc_clusters_noref). Clusters of missing refcount blocks count as free.
    */
@@ -110,21 +118,26 @@ export class Refcounts {
     let start = this.hint;
     let c = start;
     while (c - start < count) {
+      const inPending = this.pending.find((r) => c >= r.start && c < r.end);
+      if (inPending) {
+        start = c = inPending.end;
+        continue;
+      }
+      let nextPending = Infinity;
+      for (const r of this.pending) if (r.start > c && r.start < nextPending) nextPending = r.start;
       const t = Math.floor(c / this.perBlock);
       const off = this.blockOffset(t);
-      const blockEnd = (t + 1) * this.perBlock;
+      const stop = Math.min((t + 1) * this.perBlock, start + count, nextPending);
       if (!off) {
-        c = Math.min(blockEnd, start + count);
+        c = stop;
         continue;
       }
       const block = await this.loadBlock(off);
       const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
       const base = t * this.perBlock;
-      const stop = Math.min(blockEnd, start + count);
       for (; c < stop; c++) {
         if (this.codec.get(view, c - base) !== 0) start = c + 1;
       }
-      if (c < start) c = start;
     }
     const reserved = this.metadata.find(start, count);
     if (reserved !== undefined) {
@@ -138,7 +151,13 @@ export class Refcounts {
   /** Allocates `count` contiguous host clusters (refcount 1 each); returns the first cluster index. */
   async allocate(count: number): Promise<number> {
     const first = await this.findFree(count);
-    await this.update(first, count, 1);
+    const run = { start: first, end: first + count };
+    this.pending.push(run);
+    try {
+      await this.update(first, count, 1);
+    } finally {
+      this.pending.splice(this.pending.indexOf(run), 1);
+    }
     return first;
   }
 
@@ -158,7 +177,9 @@ export class Refcounts {
       const t = Math.floor(c / this.perBlock);
       const base = t * this.perBlock;
       const stop = Math.min(end, base + this.perBlock);
-      const off = await this.ensureBlock(t);
+      // dropping references never creates a block: a missing one means refcount 0 (corruption)
+      const off = delta < 0 ? this.blockOffset(t) : await this.ensureBlock(t);
+      if (!off) throw corruptImage(this.path, `refcount of host cluster ${c} would drop below zero`);
       const block = await this.cache.getPinned(off, () => this.readBlock(off));
       try {
         const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
@@ -199,8 +220,14 @@ export class Refcounts {
       // the new block lies in the range it describes: it holds its own refcount
       this.codec.set(new DataView(block.buffer), at - t * this.perBlock, 1);
     } else {
-      // counted by another block (which may itself be created here)
-      await this.update(at, 1, 1);
+      // counted by another block (which may itself be created here, so keep `at` reserved)
+      const run = { start: at, end: at + 1 };
+      this.pending.push(run);
+      try {
+        await this.update(at, 1, 1);
+      } finally {
+        this.pending.splice(this.pending.indexOf(run), 1);
+      }
     }
     const blockOffset = at * this.cs;
     await this.file.pwrite(blockOffset, block);
@@ -227,7 +254,7 @@ export class Refcounts {
     let tableClusters = Math.max(Math.ceil(((t + 1) * 8) / cs), Math.ceil((this.tableClusters * 3) / 2));
     let newBlocks: number[] = [];
     for (let round = 0; ; round++) {
-      if (round > 64) throw new Error('refcount table growth did not converge');
+      if (round > 64) throw new TidemarkError('INTERNAL', `Image '${this.path}': refcount table growth did not converge`);
       const areaEnd = areaStart + newBlocks.length + tableClusters;
       const blocks: number[] = [];
       for (let r = Math.floor(areaStart / per); r <= Math.floor((areaEnd - 1) / per); r++) {
