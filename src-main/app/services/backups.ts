@@ -128,7 +128,8 @@ export class BackupService {
     const records: { jobId: string; pointId: number; plan: Plan }[] = [];
     try {
       for (const p of plans) {
-        const jobId = `backup-${p.drive.id}-${++this.jobCounter}`.slice(0, 60);
+        // unique across runs too: the job history keeps them all
+        const jobId = `backup-${p.drive.id}-${compactTime(time)}-${++this.jobCounter}`;
         const pointId = this.record(p, time, jobId);
         records.push({ jobId, pointId, plan: p });
         if (p.kind !== 'full') {

@@ -4,25 +4,68 @@ import { APP_VERSION } from '../../app/version.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
 import { parseArgs, UsageError, type OptionSpec } from './args.js';
 import { serve } from './serve.js';
+import { InProcessClient, RemoteClient, runningEndpoint, type ApiClient } from './client.js';
+import { backupCommand, bitmapsCommand, chainsCommand, drivesCommand, jobsCommand, verifyCommand, type Command, type Output } from './commands.js';
 
 const USAGE = `Usage: tidemark [--data-dir DIR] <command> [options]
 
 Commands:
   serve [--web 127.0.0.1:PORT] [--no-web] [--qmp unix:PATH] [--drive id=ID,file=PATH,format=raw|qcow2]...
         Run the engine headless with the web console (and a QMP socket); prints the console URL.
+  drives list | drives add PATH [--id ID] | drives remove ID
+  bitmaps --drive ID
+  backup (--drive ID | --group NAME) [--dest FOLDER] [--full | --diff]
+        Back up now: a full backup starts a chain, later ones are incremental (or differential).
+        Waits for the backup; exit 0 only when every drive's backup completed.
+  chains [--drive ID] [--json]     Backup chains and their points (n = a drive's points, oldest = 1).
+  verify --drive ID                Check every point of the drive's chains; exit 1 naming any that fails.
+  jobs                             Running jobs and recent history.
   version   Print the version.
   help      Print this help.
 
 Global options (before or after the command):
   --data-dir DIR   Where the catalog lives (default: ${defaultDataDir()}; or $TIDEMARK_DATA_DIR).
+  --json           Machine-readable output on stdout.
+When another Tidemark is running on the same data dir, commands are sent to it.
 `;
 
-const GLOBAL: Record<string, OptionSpec> = { 'data-dir': { value: true }, help: {} };
+const GLOBAL: Record<string, OptionSpec> = { 'data-dir': { value: true }, help: {}, json: {} };
 const COMMANDS: Record<string, Record<string, OptionSpec>> = {
   serve: { web: { value: true }, 'no-web': {}, qmp: { value: true }, drive: { value: true, repeat: true } },
+  drives: { id: { value: true } },
+  bitmaps: { drive: { value: true } },
+  backup: { drive: { value: true }, group: { value: true }, dest: { value: true }, full: {}, diff: {} },
+  chains: { drive: { value: true } },
+  verify: { drive: { value: true } },
+  jobs: {},
   version: {},
   help: {},
 };
+
+const CLIENT_COMMANDS: Record<string, Command> = {
+  drives: drivesCommand,
+  bitmaps: bitmapsCommand,
+  backup: backupCommand,
+  chains: chainsCommand,
+  verify: verifyCommand,
+  jobs: jobsCommand,
+};
+
+/** The Tidemark that owns the data dir if one runs; otherwise the app, opened here for this command. */
+async function clientFor(dataDir: string): Promise<ApiClient> {
+  const endpoint = runningEndpoint(dataDir);
+  if (endpoint) return RemoteClient.connect(endpoint);
+  return new InProcessClient(await TidemarkApp.start({ dataDir, host: 'web', log: (m) => process.stderr.write(`${m}\n`) }));
+}
+
+function output(json: boolean): Output {
+  return {
+    json,
+    print: (text) => process.stdout.write(`${text}\n`),
+    data: (value) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`),
+    error: (text) => process.stderr.write(`${text}\n`),
+  };
+}
 
 /** Runs one CLI invocation; resolves with the exit code. Errors go to stderr, results to stdout. */
 export async function main(argv: string[]): Promise<number> {
@@ -36,8 +79,17 @@ export async function main(argv: string[]): Promise<number> {
     const spec = COMMANDS[verb];
     if (!spec) throw new UsageError(`unknown command '${verb}'`);
     const args = parseArgs([...argv.slice(0, verbIndex), ...argv.slice(verbIndex + 1)], { ...GLOBAL, ...spec });
-    if (args.positional.length) throw new UsageError(`unexpected argument '${args.positional[0]}'`);
+    if (args.positional.length && verb !== 'drives') throw new UsageError(`unexpected argument '${args.positional[0]}'`);
     const dataDir = args.options.get('data-dir')?.[0] ?? defaultDataDir();
+    const command = CLIENT_COMMANDS[verb];
+    if (command) {
+      const client = await clientFor(dataDir);
+      try {
+        return await command(client, args, output(args.flags.has('json')));
+      } finally {
+        await client.close();
+      }
+    }
     switch (verb) {
       case 'version':
         process.stdout.write(`tidemark ${APP_VERSION}\n`);

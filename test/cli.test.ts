@@ -1,0 +1,95 @@
+import { describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { qemu } from './helpers/qemu.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const bin = join(root, 'bin', 'tidemark.mjs');
+
+function tm(dataDir: string, ...args: string[]): { code: number; out: string; err: string } {
+  // as a user would run it: a separate process, stdout/stderr/exit code observed
+  const r = spawnSync(process.execPath, [bin, '--data-dir', dataDir, ...args], { encoding: 'utf8', timeout: 120_000 });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
+
+function image(dir: string, name: string): string {
+  const p = join(dir, name);
+  qemu('qemu-img', ['create', '-f', 'qcow2', p, '32M']);
+  qemu('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x61 0 2M', p]);
+  return p;
+}
+
+describe('tidemark CLI', () => {
+  it('adds drives, backs up, lists chains as JSON, verifies, and fails loudly with exit codes', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tm-cli-'));
+    const data = join(dir, 'data');
+    const img = image(dir, 'web.qcow2');
+    expect(tm(data, 'drives', 'add', img, '--id', 'web')).toMatchObject({ code: 0 });
+    const listed = JSON.parse(tm(data, '--json', 'drives', 'list').out);
+    expect(listed).toMatchObject([{ id: 'web', format: 'qcow2', virtualSize: 32 << 20 }]);
+
+    expect(tm(data, 'backup', '--drive', 'web').code).toBe(1); // no folder yet: a clear error, exit 1
+    const first = tm(data, 'backup', '--drive', 'web', '--dest', join(dir, 'bk'));
+    expect(first.code, first.err).toBe(0);
+    // a write while Tidemark is closed, by QEMU's own tool: the persistent bitmap still tracks it
+    qemu('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x62 4M 64k', img]);
+    const second = tm(data, 'backup', '--drive', 'web', '--json');
+    expect(second.code, second.err).toBe(0);
+    expect(JSON.parse(second.out)).toEqual([{ drive: 'web', kind: 'inc', outcome: 'completed', error: null }]);
+
+    const chains = JSON.parse(tm(data, 'chains', '--json').out);
+    expect(chains).toHaveLength(1);
+    expect(chains[0].drive).toBe('web');
+    expect(chains[0].points.map((p: { n: number; kind: string; status: string }) => [p.n, p.kind, p.status])).toEqual([
+      [1, 'full', 'complete'],
+      [2, 'inc', 'complete'],
+    ]);
+    for (const p of chains[0].points) {
+      expect(p.file.startsWith('/')).toBe(true);
+      expect(new Date(p.time).toISOString()).toBe(p.time);
+    }
+    // the incremental holds exactly the one 64 KiB write
+    const map = JSON.parse(qemu('qemu-img', ['map', '--output=json', '-U', chains[0].points[1].file])) as { start: number; length: number; depth: number; data: boolean }[];
+    expect(map.filter((m) => m.depth === 0 && m.data)).toEqual([expect.objectContaining({ start: 4 << 20, length: 65536 })]);
+
+    expect(tm(data, 'verify', '--drive', 'web').code).toBe(0);
+    // corrupt the incremental on disk: verify names it and exits 1
+    const fd = openSync(chains[0].points[1].file, 'r+');
+    writeSync(fd, Buffer.from('garbage'), 0, 7, 200000);
+    closeSync(fd);
+    const bad = tm(data, 'verify', '--drive', 'web');
+    expect(bad.code).toBe(1);
+    expect(bad.err).toMatch(/point 2 .*checksum/);
+
+    expect(tm(data, 'drives', 'add', join(dir, 'missing.qcow2')).code).toBe(1);
+    expect(tm(data, 'nonsense').code).toBe(2);
+    expect(tm(data, 'backup', '--drive', 'web', '--full', '--diff').code).toBe(2);
+  });
+
+  it('talks to the running Tidemark that owns the data dir instead of opening files twice', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tm-cli-'));
+    const data = join(dir, 'data');
+    const img = image(dir, 'db.qcow2');
+    const server = spawn(process.execPath, [bin, '--data-dir', data, 'serve', '--web', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.stdout.on('data', (c: Buffer) => c.toString().includes('token=') && resolve());
+        server.once('exit', (code) => reject(new Error(`serve exited ${code}`)));
+      });
+      const added = tm(data, 'drives', 'add', img, '--id', 'db');
+      expect(added.code, added.err).toBe(0);
+      writeFileSync(join(dir, 'marker'), '');
+      // the server knows the drive: it was added through it, not behind its back
+      const listed = JSON.parse(tm(data, '--json', 'drives', 'list').out);
+      expect(listed.map((d: { id: string }) => d.id)).toEqual(['db']);
+      const b = tm(data, 'backup', '--drive', 'db', '--dest', join(dir, 'bk'));
+      expect(b.code, b.err).toBe(0);
+    } finally {
+      server.kill('SIGTERM');
+      await new Promise((r) => server.once('exit', r));
+    }
+  });
+});
