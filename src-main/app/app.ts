@@ -9,6 +9,7 @@ import { BitmapsService } from './services/bitmaps.js';
 import { BackupService } from './services/backups.js';
 import { JobsService } from './services/jobs.js';
 import { importChains } from './services/chain-import.js';
+import { RestoreService } from './services/restore.js';
 import { ChainsRepo } from './catalog/chains-repo.js';
 import { GroupsRepo } from './catalog/groups-repo.js';
 import { JobsRepo } from './catalog/jobs-repo.js';
@@ -35,6 +36,7 @@ export class TidemarkApp {
   readonly jobs: JobsService;
   readonly backups: BackupService;
   readonly groups: GroupsRepo;
+  readonly restore: RestoreService;
   readonly router: Router;
   readonly lock: InstanceLock;
   private closed: Promise<void> | undefined;
@@ -58,6 +60,7 @@ export class TidemarkApp {
     this.groups = new GroupsRepo(this.catalog.db);
     this.jobs = new JobsService(this.engine, new JobsRepo(this.catalog.db), this.bus);
     this.backups = new BackupService(this.engine, this.catalog, chains, this.groups, this.bitmaps, this.jobs, this.bus);
+    this.restore = new RestoreService(this.engine, chains, this.backups, this.drives, this.jobs, this.bus);
     this.router = new Router(
       {
         'app.info': async () => ({
@@ -114,6 +117,9 @@ export class TidemarkApp {
         'jobs.pause': async (p) => (this.jobs.pause(p.id), {}),
         'jobs.resume': async (p) => (this.jobs.resume(p.id), {}),
         'jobs.cancel': async (p) => (await this.jobs.cancel(p.id), {}),
+        'restore.preflight': (p) => this.restore.preflight(p.driveId, p.n, p.target),
+        'restore.start': (p) => this.restore.start(p.driveId, p.n, p.target, p.confirm),
+        'restore.report': async (p) => this.restore.report(p.jobId),
         'jobs.setSpeed': async (p) => (this.jobs.setSpeed(p.id, p.speed), {}),
       },
       options.log,

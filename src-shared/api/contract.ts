@@ -9,6 +9,9 @@ import {
   JobHistorySchema,
   JobSummarySchema,
   VerifyReportSchema,
+  PreflightSchema,
+  RestoreReportSchema,
+  RestoreTargetSchema,
   BitmapSummarySchema,
   DriveIdSchema,
   DriveInfoSchema,
@@ -113,6 +116,17 @@ export const requests = {
   'jobs.pause': { input: z.object({ id: z.string().min(1) }).strict(), output: z.object({}) },
   'jobs.resume': { input: z.object({ id: z.string().min(1) }).strict(), output: z.object({}) },
   'jobs.cancel': { input: z.object({ id: z.string().min(1) }).strict(), output: z.object({}) },
+  /** Pre-flight for a restore: chain verified, free space, target writable, drive idle — each with a reason */
+  'restore.preflight': {
+    input: z.object({ driveId: z.string().min(1), n: z.number().int().positive(), target: RestoreTargetSchema }).strict(),
+    output: PreflightSchema,
+  },
+  /** Starts a restore (after the same checks); in place needs `confirm` = the drive id, typed by the user */
+  'restore.start': {
+    input: z.object({ driveId: z.string().min(1), n: z.number().int().positive(), target: RestoreTargetSchema, confirm: z.string().optional() }).strict(),
+    output: RestoreReportSchema,
+  },
+  'restore.report': { input: z.object({ jobId: z.string().min(1) }).strict(), output: RestoreReportSchema },
   'jobs.setSpeed': { input: z.object({ id: z.string().min(1), speed: z.number().int().nonnegative() }).strict(), output: z.object({}) },
 } as const;
 
@@ -125,6 +139,8 @@ export const events = {
   'jobs.progress': z.object({ job: JobSummarySchema }),
   /** a job ended: its last state, with the outcome */
   'jobs.finished': z.object({ job: JobSummarySchema, outcome: z.enum(['completed', 'failed', 'cancelled']) }),
+  /** a restore ended: the final report (verified or why not) */
+  'restore.finished': z.object({ report: RestoreReportSchema }),
   /** a drive's chains changed (a point was added, completed, failed, verified or deleted) */
   'backups.changed': z.object({ driveId: z.string() }),
 } as const;

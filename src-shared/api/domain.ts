@@ -169,3 +169,57 @@ export const VerifyReportSchema = z.object({
   problems: z.array(z.object({ n: z.number().int().positive(), file: z.string(), problem: z.string() })),
 });
 export type VerifyReport = z.infer<typeof VerifyReportSchema>;
+
+export const RestoreTargetSchema = z.discriminatedUnion('kind', [
+  z
+    .object({
+      kind: z.literal('file'),
+      path: z.string().min(1).max(4096),
+      format: ImageFormatSchema,
+      /** overwrite an existing file (never the default) */
+      force: z.boolean().optional(),
+      /** qcow2 only: compressed clusters */
+      compress: z.boolean().optional(),
+      /** attach the restored image as a new drive afterwards (to inspect or boot it before committing) */
+      attachAs: DriveIdSchema.optional(),
+    })
+    .strict(),
+  z.object({ kind: z.literal('in-place') }).strict(),
+]);
+export type RestoreTarget = z.infer<typeof RestoreTargetSchema>;
+
+export const PreflightCheckSchema = z.object({
+  id: z.enum(['chain', 'space', 'target', 'idle']),
+  label: z.string(),
+  ok: z.boolean(),
+  detail: z.string(),
+});
+
+export const PreflightSchema = z.object({
+  ok: z.boolean(),
+  checks: z.array(PreflightCheckSchema),
+  /** bytes the restored image will hold (data of the chain at that point) */
+  dataBytes: z.number().int().nonnegative(),
+  /** n of the drive's points that are still restorable (their whole chain is intact) */
+  restorable: z.array(z.number().int().positive()),
+});
+export type Preflight = z.infer<typeof PreflightSchema>;
+
+export const RestoreReportSchema = z.object({
+  jobId: z.string(),
+  driveId: z.string(),
+  n: z.number().int().positive(),
+  pointTime: z.string(),
+  outcome: z.enum(['running', 'completed', 'failed', 'cancelled']),
+  target: z.string(),
+  format: ImageFormatSchema,
+  verified: z.boolean(),
+  sourceHash: z.string().nullable(),
+  restoredHash: z.string().nullable(),
+  dataBytes: z.number().int().nonnegative(),
+  changedBytes: z.number().int().nonnegative().nullable(),
+  durationMs: z.number().int().nonnegative().nullable(),
+  attachedAs: z.string().nullable(),
+  error: z.string().nullable(),
+});
+export type RestoreReport = z.infer<typeof RestoreReportSchema>;

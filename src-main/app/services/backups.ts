@@ -4,7 +4,6 @@ import type { BlockEngine } from '../../engine/engine.js';
 import type { Drive } from '../../engine/drive.js';
 import { createImage, openImage } from '../../engine/formats/open.js';
 import { runTransaction, type TransactionAction } from '../../engine/jobs/transaction.js';
-import { driveInBackup } from '../../engine/jobs/backup-create.js';
 import type { Catalog } from '../catalog/catalog.js';
 import type { ChainMode, ChainRow, ChainsRepo, PointKind, PointRow } from '../catalog/chains-repo.js';
 import type { GroupsRepo } from '../catalog/groups-repo.js';
@@ -177,7 +176,8 @@ export class BackupService {
     if (!drive) throw new TidemarkError('NOT_FOUND', `Drive '${driveId}' is not online, so it cannot be backed up.`);
     const settings = this.settings(driveId);
     if (!settings.backupDir) throw new TidemarkError('INVALID_INPUT', `Choose a backup folder for drive '${driveId}' first.`);
-    if (driveInBackup(this.engine, drive)) throw new TidemarkError('BUSY', `Drive '${driveId}' is busy: a backup of it is already running.`);
+    const busy = this.engine.jobs.jobUsing(drive);
+    if (busy) throw new TidemarkError('BUSY', `Drive '${driveId}' is busy: a ${busy.type} job (${busy.id}) is using it.`);
     const mode: ChainMode = force === 'diff' ? 'differential' : settings.backupMode;
     const current = this.chains.activeChain(driveId);
     const anchor = (reason: string): Plan => this.anchorPlan(drive, settings.backupDir!, mode, reason, current);
@@ -330,7 +330,7 @@ export class BackupService {
     return { chainId, ok: problems.length === 0, checked: points.length, problems };
   }
 
-  private async checkPoint(p: PointRow, parent: PointRow | undefined): Promise<{ text: string; missing?: boolean } | undefined> {
+  async checkPoint(p: PointRow, parent: PointRow | undefined): Promise<{ text: string; missing?: boolean } | undefined> {
     const st = await stat(p.file).catch(() => undefined);
     if (!st) return { text: `The file '${p.file}' is missing.`, missing: true };
     if (p.sha256) {

@@ -21,7 +21,7 @@ interface Tracked {
   lastSent?: string;
 }
 
-export type JobOutcomeListener = (jobId: string, outcome: 'completed' | 'failed' | 'cancelled', error: string | null) => void;
+export type JobOutcomeListener = (jobId: string, outcome: 'completed' | 'failed' | 'cancelled', error: string | null, job: Job) => void;
 
 /**
  * The app's view of engine jobs: who they are for, live progress with rate and ETA (as events,
@@ -150,6 +150,6 @@ export class JobsService {
     const job = { ...this.summary(t), error };
     this.repo.finish(t.historyId, { endedAt: new Date().toISOString(), outcome, bytes: t.job.current, error: error ?? undefined });
     this.bus.emit('jobs.finished', { job, outcome });
-    for (const l of this.listeners) l(jobId, outcome, error);
+    for (const l of this.listeners) l(jobId, outcome, error, t.job);
   }
 }

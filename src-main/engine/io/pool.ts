@@ -128,9 +128,10 @@ class PoolFile implements FileHandle {
 
   async pwrite(position: number, data: Uint8Array): Promise<void> {
     if (this.readOnly) throw new FileError('EBADF', this.path, 'write');
-    // copy: the caller keeps its buffer, the worker gets one it owns
-    const copy = data.slice().buffer;
-    await this.pool.run({ op: 'pwrite', fd: this.fd, position, data: copy }, [copy]).catch(this.fail('write'));
+    // copy into a fresh buffer the worker can own (a Node Buffer's slice() shares its pool, which cannot be transferred)
+    const copy = new Uint8Array(data.length);
+    copy.set(data);
+    await this.pool.run({ op: 'pwrite', fd: this.fd, position, data: copy.buffer }, [copy.buffer]).catch(this.fail('write'));
   }
 
   async size(): Promise<number> {

@@ -31,13 +31,10 @@ export interface BackupParams {
 
 const MIN_BACKUP_CLUSTER = 65536;
 
-function busyMessage(node: string): string {
-  return `Node '${node}' is busy: block device is in use by block job: backup`;
-}
-
-/** Is the drive the source or the target of a live backup job? */
-export function driveInBackup(engine: BlockEngine, drive: Drive): boolean {
-  return engine.jobs.list().some((j) => j instanceof BackupJob && j.status !== 'null' && j.status !== 'concluded' && (j.source === drive || (j.target instanceof DriveTarget && j.target.name === drive.id)));
+/** QEMU's op-blocker refusal for a drive a live job is using. */
+function checkNotBusy(engine: BlockEngine, drive: Drive): void {
+  const job = engine.jobs.jobUsing(drive);
+  if (job) throw new JobError(`Node '${drive.id}' is busy: block device is in use by block job: ${job.type}`);
 }
 
 /**
@@ -69,7 +66,7 @@ export async function createBackupJob(engine: BlockEngine, p: BackupParams): Pro
   }
 
   // backup_job_create
-  if (driveInBackup(engine, source)) throw new JobError(busyMessage(source.id));
+  checkNotBusy(engine, source);
   if (bitmap && mode !== 'never') checkBitmap(bitmap, CHECK_DEFAULT);
   const jobId = p.jobId ?? source.id;
   engine.jobs.checkId(jobId);
@@ -120,7 +117,7 @@ async function openTarget(engine: BlockEngine, source: Drive, spec: BackupTarget
   if (spec.kind === 'node') {
     const drive = engine.lookup(spec.node);
     if (!drive) throw new JobError(`Cannot find device='${spec.node}' nor node-name='${spec.node}'`);
-    if (drive !== source && driveInBackup(engine, drive)) throw new JobError(busyMessage(drive.id));
+    if (drive !== source) checkNotBusy(engine, drive);
     return { target: new DriveTarget(drive) };
   }
   const path = resolve(spec.path);

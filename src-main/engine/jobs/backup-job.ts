@@ -1,6 +1,6 @@
 import type { Drive } from '../drive.js';
 import type { DirtyBitmap } from '../bitmap/dirty-bitmap.js';
-import type { BackupTarget } from './backup-target.js';
+import { DriveTarget, type BackupTarget } from './backup-target.js';
 import { BlockCopy, MAX_CHUNK } from './block-copy.js';
 import { Job, JobIoError, type ErrorAction, type JobEventSink, type JobOptions } from './job.js';
 import { RateLimit } from './rate-limit.js';
@@ -63,6 +63,10 @@ export class BackupJob extends Job {
 
   get bitmap(): DirtyBitmap | undefined {
     return this.config.bitmap;
+  }
+
+  override usesDrive(drive: Drive): boolean {
+    return drive === this.source || (this.target instanceof DriveTarget && this.target.drive === drive);
   }
 
   /** Starting is the point in time: copy-before-write is in place before any later write. */

@@ -63,7 +63,7 @@ export class ImageTarget implements BackupTarget {
 /** blockdev-backup into an attached drive: writes go through the drive, so its own bitmaps see them. */
 export class DriveTarget implements BackupTarget {
   readonly supportsCompression: boolean;
-  constructor(private readonly drive: Drive) {
+  constructor(readonly drive: Drive) {
     this.supportsCompression = canCompress(drive.driver);
   }
   get name(): string {

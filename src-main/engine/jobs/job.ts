@@ -1,6 +1,7 @@
 import { canTransition, type JobStatus } from './job-states.js';
 import type { JobTxn } from './job-txn.js';
 import { FileError } from '../io/file-errors.js';
+import type { Drive } from '../drive.js';
 
 export type JobType = 'backup' | 'restore';
 export type ErrorAction = 'report' | 'ignore' | 'stop' | 'enospc' | 'auto';
@@ -87,6 +88,11 @@ export abstract class Job {
     this.speed = options.speed;
     this.gone = new Promise((r) => (this.goneResolve = r));
     this.transition('created');
+  }
+
+  /** Does this job read or write the drive (so other jobs and destructive commands must wait)? */
+  usesDrive(_drive: Drive): boolean {
+    return false;
   }
 
   /** the work; throws JobCancelled when cancelled, any other error when failed */

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { Job } from './job.js';
 import { verbAllowed, type JobVerb } from './job-states.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
+import type { Drive } from '../drive.js';
 
 /** A refused job command. `deviceNotActive` marks QEMU's DeviceNotActive class (block-job-* on unknown ids). */
 export class JobError extends TidemarkError {
@@ -88,6 +89,11 @@ export class JobManager extends EventEmitter<ManagerEvents> {
       throw new JobError(`The block job for device '${id}' is currently paused`);
     }
     return job.cancel();
+  }
+
+  /** The live job using this drive, if any. */
+  jobUsing(drive: Drive): Job | undefined {
+    return this.list().find((j) => j.status !== 'null' && j.status !== 'concluded' && j.usesDrive(drive));
   }
 
   /** Cancels every live job and waits until each is gone (engine shutdown). */

@@ -167,3 +167,37 @@ export const jobsCommand: Command = async (client, _args, out) => {
   if (history.length) out.print(`\n${table([['JOB', 'DRIVE', 'OUTCOME', 'STARTED', 'BYTES', 'ERROR'], ...history.map((h) => [h.jobId, h.driveId, h.outcome, h.startedAt, formatSize(h.bytes), h.error ?? ''])])}`);
   return 0;
 };
+
+/** N, or the latest point at or before an ISO time, from the drive's numbered points. */
+async function resolvePoint(client: ApiClient, driveId: string, which: string): Promise<number> {
+  if (/^\d+$/.test(which)) return Number(which);
+  const t = Date.parse(which);
+  if (Number.isNaN(t)) throw new UsageError(`--point takes a number or an ISO-8601 time; got '${which}'`);
+  const points = (await client.request('backups.list', { driveId })).flatMap((c) => c.points).filter((p) => p.n !== null);
+  const found = points.filter((p) => Date.parse(p.time) <= t).sort((a, b) => a.n! - b.n!).at(-1);
+  if (!found) throw new TidemarkError('NOT_FOUND', `Drive '${driveId}' has no point at or before ${which}.`);
+  return found.n!;
+}
+
+export const restoreCommand: Command = async (client, args, out) => {
+  const driveId = required(args, 'drive');
+  const n = await resolvePoint(client, driveId, required(args, 'point'));
+  const inPlace = args.flags.has('in-place');
+  const to = one(args, 'to');
+  if (inPlace === (to !== undefined)) throw new UsageError('give either --to PATH or --in-place');
+  if (inPlace && !args.flags.has('yes')) throw new UsageError(`--in-place overwrites drive '${driveId}': add --yes to confirm`);
+  const format = one(args, 'format') ?? 'raw';
+  if (format !== 'raw' && format !== 'qcow2') throw new UsageError(`--format is raw or qcow2; got '${format}'`);
+  const target = inPlace ? ({ kind: 'in-place' } as const) : ({ kind: 'file', path: to!, format, force: args.flags.has('force') || undefined } as const);
+  const started = await client.request('restore.start', { driveId, n, target, confirm: inPlace ? driveId : undefined });
+  if (!out.json) out.print(`Restoring point ${n} of ${driveId} (${started.pointTime}) to ${started.target}…`);
+  let report = started;
+  while (report.outcome === 'running') {
+    await new Promise((r) => setTimeout(r, 200));
+    report = await client.request('restore.report', { jobId: started.jobId });
+  }
+  if (out.json) out.data(report);
+  else if (report.outcome === 'completed') out.print(`Restored and verified: ${report.target} (sha256 of contents ${report.restoredHash}).`);
+  else out.error(`Restore ${report.outcome}: ${report.error ?? 'no reason given'}. The original is untouched.`);
+  return report.outcome === 'completed' && report.verified ? 0 : 1;
+};

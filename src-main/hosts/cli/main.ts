@@ -5,7 +5,7 @@ import { TidemarkError } from '../../../src-shared/errors.js';
 import { parseArgs, UsageError, type OptionSpec } from './args.js';
 import { serve } from './serve.js';
 import { InProcessClient, RemoteClient, runningEndpoint, type ApiClient } from './client.js';
-import { backupCommand, bitmapsCommand, chainsCommand, drivesCommand, jobsCommand, verifyCommand, type Command, type Output } from './commands.js';
+import { backupCommand, bitmapsCommand, chainsCommand, drivesCommand, jobsCommand, restoreCommand, verifyCommand, type Command, type Output } from './commands.js';
 
 const USAGE = `Usage: tidemark [--data-dir DIR] <command> [options]
 
@@ -20,6 +20,9 @@ Commands:
   chains [--drive ID] [--json]     Backup chains and their points (n = a drive's points, oldest = 1).
   verify --drive ID                Check every point of the drive's chains; exit 1 naming any that fails.
   jobs                             Running jobs and recent history.
+  restore --drive ID --point N|ISO-TIME (--to PATH [--format raw|qcow2] [--force] | --in-place --yes)
+        Flattens the chain up to that point into a new image (raw by default), verifies it, and
+        only then gives it its name; --in-place writes it over the drive (needs --yes).
   version   Print the version.
   help      Print this help.
 
@@ -38,6 +41,7 @@ const COMMANDS: Record<string, Record<string, OptionSpec>> = {
   chains: { drive: { value: true } },
   verify: { drive: { value: true } },
   jobs: {},
+  restore: { drive: { value: true }, point: { value: true }, to: { value: true }, format: { value: true }, 'in-place': {}, yes: {}, force: {} },
   version: {},
   help: {},
 };
@@ -49,6 +53,7 @@ const CLIENT_COMMANDS: Record<string, Command> = {
   chains: chainsCommand,
   verify: verifyCommand,
   jobs: jobsCommand,
+  restore: restoreCommand,
 };
 
 /** The Tidemark that owns the data dir if one runs; otherwise the app, opened here for this command. */
