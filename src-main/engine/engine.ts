@@ -2,6 +2,8 @@ import { EventEmitter } from 'node:events';
 import { realpath } from 'node:fs/promises';
 import { Drive } from './drive.js';
 import { IoPool } from './io/pool.js';
+import { FaultInjector } from './io/fault-injection.js';
+import type { FileOpener } from './io/file-handle.js';
 import { openImage } from './formats/open.js';
 import { assertNotLockedByOthers } from './locking.js';
 import { BitmapCommands } from './bitmap/bitmap-ops.js';
@@ -35,6 +37,8 @@ interface EngineEvents {
  */
 export class BlockEngine extends EventEmitter<EngineEvents> {
   readonly pool: IoPool;
+  /** every file the engine opens goes through here; tests add fault rules (QEMU's blkdebug, in spirit) */
+  readonly faults: FaultInjector;
   readonly bitmapCommands = new BitmapCommands((idOrNode) => this.lookup(idOrNode));
   readonly jobs = new JobManager();
   private readonly drives = new Map<string, Drive>();
@@ -46,6 +50,12 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
   constructor(options: { ioWorkers?: number } = {}) {
     super();
     this.pool = new IoPool(options.ioWorkers);
+    this.faults = new FaultInjector(this.pool);
+  }
+
+  /** How engine code opens image files. */
+  get opener(): FileOpener {
+    return this.faults;
   }
 
   onAttach(hook: DriveHook): void {
@@ -80,7 +90,7 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
     }
     const readOnly = options.readOnly ?? false;
     if (!readOnly) await assertNotLockedByOthers(options.path);
-    const driver = await openImage(options.path, { readOnly, format: options.format ?? 'auto', opener: this.pool });
+    const driver = await openImage(options.path, { readOnly, format: options.format ?? 'auto', opener: this.opener });
     // the id may have been taken while we opened the file
     if (this.drives.has(options.id)) {
       await driver.close();

@@ -132,7 +132,7 @@ export class BackupService {
         const pointId = this.record(p, time, jobId);
         records.push({ jobId, pointId, plan: p });
         if (p.kind !== 'full') {
-          await createImage(p.file, { format: 'qcow2', virtualSize: p.drive.virtualSize, backingFile: basename(p.parent!.file), backingFormat: 'qcow2', opener: this.engine.pool });
+          await createImage(p.file, { format: 'qcow2', virtualSize: p.drive.virtualSize, backingFile: basename(p.parent!.file), backingFormat: 'qcow2', opener: this.engine.opener });
         }
         actions.push({
           type: 'drive-backup',
@@ -339,7 +339,7 @@ export class BackupService {
     }
     let driver;
     try {
-      driver = await openImage(p.file, { readOnly: true, format: 'qcow2', opener: this.engine.pool });
+      driver = await openImage(p.file, { readOnly: true, format: 'qcow2', opener: this.engine.opener });
     } catch (err) {
       return { text: `'${basename(p.file)}' is not a sound qcow2 image: ${err instanceof Error ? err.message : String(err)}` };
     }

@@ -72,7 +72,7 @@ async function importPlainFolder(engine: BlockEngine, catalog: Catalog, chains: 
   const sizeOf = new Map<string, number>();
   for (const f of files) {
     try {
-      const d = await openImage(f, { readOnly: true, format: 'qcow2', opener: engine.pool });
+      const d = await openImage(f, { readOnly: true, format: 'qcow2', opener: engine.opener });
       const info = await d.info();
       await d.close();
       backingOf.set(f, info.backingFilename ? resolve(info.backingFilename) : undefined);

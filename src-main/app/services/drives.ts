@@ -78,7 +78,7 @@ export class DrivesService {
       virtualSize: size,
       clusterSize: params.clusterSize,
       backingFile: params.backingFile,
-      opener: this.engine.pool,
+      opener: this.engine.opener,
     });
     try {
       return await this.attachAndRecord(id, path, params.format);

@@ -161,7 +161,7 @@ export class RestoreService {
   }
 
   private async dataBytes(file: string): Promise<number> {
-    const d = await openImage(file, { readOnly: true, format: 'qcow2', opener: this.engine.pool });
+    const d = await openImage(file, { readOnly: true, format: 'qcow2', opener: this.engine.opener });
     try {
       return (await d.blockStatus(0, d.virtualSize)).filter((e) => !e.zero).reduce((n, e) => n + e.length, 0);
     } finally {
@@ -198,7 +198,7 @@ export class RestoreService {
         format: target.kind === 'file' ? target.format : drive!.driver.format,
         compress: target.kind === 'file' && !!target.compress,
         inPlace: drive,
-        opener: this.engine.pool,
+        opener: this.engine.opener,
       },
       this.engine.jobs.sink,
       this.engine.jobs.onNull,

@@ -122,8 +122,9 @@ async function openTarget(engine: BlockEngine, source: Drive, spec: BackupTarget
   }
   const path = resolve(spec.path);
   if (spec.mode === 'existing') {
-    const driver = await openImage(path, { readOnly: false, format: spec.format ?? 'auto', opener: engine.pool });
-    return { target: new ImageTarget(driver, (await driver.info()).backingChain.length > 0) };
+    const open = () => openImage(path, { readOnly: false, format: spec.format ?? 'auto', opener: engine.opener });
+    const driver = await open();
+    return { target: new ImageTarget(driver, (await driver.info()).backingChain.length > 0, open) };
   }
   const format = spec.format ?? source.driver.format;
   const info = await source.driver.info();
@@ -137,10 +138,11 @@ async function openTarget(engine: BlockEngine, source: Drive, spec: BackupTarget
     backingFile = info.path;
     backingFormat = info.format;
   }
-  await createImage(path, { format, virtualSize: source.virtualSize, backingFile, backingFormat, opener: engine.pool });
+  await createImage(path, { format, virtualSize: source.virtualSize, backingFile, backingFormat, opener: engine.opener });
   try {
-    const driver = await openImage(path, { readOnly: false, format, opener: engine.pool });
-    return { target: new ImageTarget(driver, backingFile !== undefined), created: path };
+    const open = () => openImage(path, { readOnly: false, format, opener: engine.opener });
+    const driver = await open();
+    return { target: new ImageTarget(driver, backingFile !== undefined, open), created: path };
   } catch (err) {
     await unlink(path).catch(() => {});
     throw err;

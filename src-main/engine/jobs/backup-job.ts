@@ -114,6 +114,9 @@ export class BackupJob extends Job {
         const policy = err.operation === 'read' ? this.config.onSourceError : this.config.onTargetError;
         // report rethrows; ignore and stop (after resume) retry the remaining clusters
         await this.onIoError(err, policy);
+        if (err.operation === 'write') await this.target.recover().catch((e: unknown) => {
+          throw new JobIoError('write', e);
+        });
         continue;
       }
       if (this.copy.bits.count() === 0 && this.copy.inflightBytes === 0) break;

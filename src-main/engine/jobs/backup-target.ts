@@ -15,6 +15,11 @@ export interface BackupTarget {
   flush(): Promise<void>;
   /** closes what the job opened; leaves a drive alone */
   release(): Promise<void>;
+  /**
+   * After a failed write the job will retry (policy stop or ignore): start again from what the
+   * file really holds. A qcow2 whose metadata write failed refuses further writes until reopened.
+   */
+  recover(): Promise<void>;
 }
 
 interface CompressingDriver extends BlockDriver {
@@ -28,10 +33,15 @@ function canCompress(d: BlockDriver): d is CompressingDriver {
 export class ImageTarget implements BackupTarget {
   readonly supportsCompression: boolean;
   constructor(
-    private readonly driver: BlockDriver,
+    private driver: BlockDriver,
     readonly hasBacking: boolean,
+    private readonly reopen: () => Promise<BlockDriver>,
   ) {
     this.supportsCompression = canCompress(driver);
+  }
+  async recover(): Promise<void> {
+    await this.driver.close().catch(() => {});
+    this.driver = await this.reopen();
   }
   get name(): string {
     return this.driver.path;
@@ -94,5 +104,8 @@ export class DriveTarget implements BackupTarget {
   }
   async release(): Promise<void> {
     await this.drive.flush();
+  }
+  async recover(): Promise<void> {
+    // writes go through the drive's own driver, which the drive owner manages
   }
 }

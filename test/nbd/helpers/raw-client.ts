@@ -111,10 +111,25 @@ export class RawNbd {
         };
       });
     }
-    const all = Buffer.concat(this.chunks);
-    this.chunks = all.length > n ? [all.subarray(n)] : [];
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      this.buffered -= n;
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[0];
+      const m = Math.min(n - filled, c.length);
+      c.copy(out, filled, 0, m);
+      filled += m;
+      if (m === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(m);
+    }
     this.buffered -= n;
-    return all.subarray(0, n);
+    return out;
   }
 
   /** Resolves true when the server closes the connection within the time. */

@@ -303,7 +303,7 @@ export class NbdServer {
         if (!bitmap) throw new TidemarkError('NOT_FOUND', `Bitmap '${spec}' is not found`);
       } else {
         const d = this.engine.lookup(spec.node);
-        if (!d) throw new TidemarkError('NOT_FOUND', `Cannot find device='${spec.node}' nor node-name='${spec.node}'`);
+        if (!d) throw new TidemarkError('NOT_FOUND', `Node '${spec.node}' not found`);
         owner = d;
         label = spec.name;
         bitmap = d.bitmaps.find(spec.name);
@@ -314,7 +314,6 @@ export class NbdServer {
       if (readOnly && !owner.driver.readOnly && !bitmap.disabled) {
         throw new TidemarkError('INVALID_INPUT', `Enabled bitmap '${label}' incompatible with readonly export`);
       }
-      if (out.includes(bitmap)) throw new TidemarkError('INVALID_INPUT', `Bitmap '${label}' is listed twice`);
       out.push(bitmap);
     }
     return out;
@@ -333,9 +332,9 @@ export class NbdServer {
     await exp.remove();
     if (!first) return;
     for (const [d, e] of this.autoExports) if (e === exp) this.autoExports.delete(d);
-    // QMP's BLOCK_EXPORT_DELETED (the engine's event channel reaches every QMP client), sent after
-    // the reply of the command that removed it, as QEMU deletes exports in a bottom half
-    setImmediate(() => this.engine.jobs.sink('BLOCK_EXPORT_DELETED', { id: exp.id }));
+    // QMP's BLOCK_EXPORT_DELETED (the engine's event channel reaches every QMP client); like
+    // QEMU, it goes out before the reply of the command that removed the export
+    this.engine.jobs.sink('BLOCK_EXPORT_DELETED', { id: exp.id });
     for (const l of this.deletedListeners) {
       try {
         l(exp);

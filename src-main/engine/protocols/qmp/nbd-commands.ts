@@ -121,15 +121,16 @@ registerCommand('block-export-add', {
     'allocation-depth': { type: 'bool', optional: true },
   },
   async run(a, ctx) {
+    // QEMU's order: the id, the node, writability, then the NBD server and the export itself
     const id = a.id as string;
     if (!ID.test(id)) throw generic('Invalid block export id');
-    const server = running(ctx.engine);
-    if (server.findExportById(id)) throw generic(`Block export id '${id}' is already in use`);
+    if (nbdServerOf(ctx.engine)?.findExportById(id)) throw generic(`Block export id '${id}' is already in use`);
     if (a.iothread !== undefined) throw generic(`Cannot find iothread '${String(a.iothread)}'`);
     const nodeName = a['node-name'] as string;
     const driveId = nodeByName(ctx.engine, nodeName);
     const writable = (a.writable as boolean | undefined) ?? false;
     if (writable && ctx.engine.get(driveId)!.driver.readOnly) throw generic('Cannot export read-only node as writable');
+    const server = running(ctx.engine);
     addExport(server, {
       id,
       driveId,
