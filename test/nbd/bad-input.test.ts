@@ -183,14 +183,18 @@ describe('clients that vanish', () => {
 
   test('a client that never reads its replies is throttled, then served in full', async () => {
     const { c } = await RawNbd.open(env.sock, 'victim');
-    // 1 GiB of reads asked for at once, replies left unread for a while
+    // 300 MiB of reads asked for at once, replies left unread for a while
     c.socket.pause();
     const replies: Promise<{ error: number }>[] = [];
-    for (let i = 0; i < 1024; i++) {
-      const h = c.send(CMD.READ, (i % 16) * MiB, MiB);
-      replies.push(c.reply(h, CMD.READ, (i % 16) * MiB, MiB));
+    for (let i = 0; i < 600; i++) {
+      const h = c.send(CMD.READ, (i % 16) * MiB, 512 * 1024);
+      replies.push(c.reply(h, CMD.READ, (i % 16) * MiB, 512 * 1024));
     }
     await sleep(300);
+    // the server stopped taking requests instead of queueing all 300 MiB
+    const [stat] = env.server.connections().filter((s) => s.phase === 'transmission');
+    expect(stat.readingPaused).toBe(true);
+    expect(stat.inflightBytes + stat.queuedOutput).toBeLessThan(200 * MiB);
     // meanwhile the server is fine
     await healthy();
     c.socket.resume();

@@ -7,7 +7,7 @@ export const SLICE_MS = 100;
 
 export class RateLimit {
   private sliceStart = 0;
-  private sliceEnd = 0;
+  private sliceEnd = -Infinity;
   private dispatched = 0;
   private speed = 0;
 
@@ -19,14 +19,14 @@ export class RateLimit {
   delay(now = performance.now()): number {
     if (this.speed <= 0) return 0;
     const quota = (this.speed * SLICE_MS) / 1000;
-    if (now > this.sliceEnd) {
+    if (now >= this.sliceEnd) {
       this.sliceStart = now;
       this.sliceEnd = now + SLICE_MS;
       this.dispatched = 0;
     }
     if (this.dispatched < quota) return 0;
-    const slices = Math.ceil(this.dispatched / quota);
-    this.sliceEnd = this.sliceStart + slices * SLICE_MS;
+    // the slice stretches to exactly the time the bytes sent in it are worth (no rounding up to whole slices)
+    this.sliceEnd = this.sliceStart + (this.dispatched / this.speed) * 1000;
     return this.sliceEnd - now;
   }
 

@@ -92,9 +92,22 @@ export interface ClientLimits {
 export const DEFAULT_LIMITS: ClientLimits = {
   handshakeTimeoutMs: 10_000,
   maxInflight: 256,
-  maxInflightBytes: 256 * 1024 * 1024,
-  maxQueuedOutput: 64 * 1024 * 1024,
+  maxInflightBytes: 64 * 1024 * 1024,
+  maxQueuedOutput: 32 * 1024 * 1024,
 };
+
+export interface ClientStats {
+  exportName: string | undefined;
+  phase: 'handshake' | 'transmission' | 'closed';
+  /** requests being served */
+  inflight: number;
+  /** their payload and read-buffer bytes */
+  inflightBytes: number;
+  /** reply bytes not yet taken by the socket */
+  queuedOutput: number;
+  /** the server stopped reading this client's requests until it catches up */
+  readingPaused: boolean;
+}
 
 /** The session ends (protocol violation, or the client aborted); not a failure of the server. */
 class SessionEnd extends Error {
@@ -154,6 +167,18 @@ export class NbdClient implements ExportUser {
     return this.exp?.name;
   }
 
+  /** For diagnostics: where this connection stands. */
+  stats(): ClientStats {
+    return {
+      exportName: this.exp?.name,
+      phase: this.socket.destroyed ? 'closed' : this.exp ? 'transmission' : 'handshake',
+      inflight: this.inflight,
+      inflightBytes: this.inflightBytes,
+      queuedOutput: this.socket.writableLength,
+      readingPaused: this.readingPaused,
+    };
+  }
+
   /** Sends the greeting and runs the handshake; transmission continues from the socket's events. */
   start(): void {
     if (this.limits.handshakeTimeoutMs > 0) {
@@ -166,8 +191,7 @@ export class NbdClient implements ExportUser {
     this.negotiate().catch((err: unknown) => {
       if (err instanceof SessionEnd && err.graceful) {
         this.stopped = true;
-        this.socket.end();
-        setTimeout(() => this.socket.destroy(), 2000).unref();
+        this.endSocket();
         return;
       }
       if (!(err instanceof SessionEnd) && !(err instanceof StreamClosed)) this.host.log(`nbd: handshake failed: ${errorText(err)}`);
@@ -186,11 +210,8 @@ export class NbdClient implements ExportUser {
       }
       this.socket.pause();
       await this.idle();
-      this.socket.end();
-      const timer = setTimeout(() => this.socket.destroy(), 2000);
-      timer.unref();
+      this.endSocket();
       await this.closed;
-      clearTimeout(timer);
     })();
     return this.closing;
   }
@@ -495,7 +516,14 @@ export class NbdClient implements ExportUser {
   private stopAndClose(): void {
     this.stopped = true;
     this.socket.pause();
-    void this.idle().then(() => this.socket.end());
+    void this.idle().then(() => this.endSocket());
+  }
+
+  /** Ends our side after what was sent, then keeps reading (and ignoring) so the peer's close is seen. */
+  private endSocket(): void {
+    // once all replies are flushed the peer has 2 s to hang up
+    this.socket.end(() => setTimeout(() => this.socket.destroy(), 2000).unref());
+    this.socket.resume();
   }
 
   private async serve(req: NbdRequest, payload: Buffer | undefined, payloadDropped: boolean): Promise<void> {

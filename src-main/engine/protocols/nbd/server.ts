@@ -6,7 +6,7 @@ import type { DirtyBitmap } from '../../bitmap/dirty-bitmap.js';
 import { CHECK_ALLOW_RO, checkBitmap } from '../../bitmap/node-bitmaps.js';
 import { TidemarkError } from '../../../../src-shared/errors.js';
 import { NBD_MAX_STRING_SIZE } from './constants.js';
-import { DEFAULT_LIMITS, NbdClient, type ClientHost, type ClientLimits } from './client.js';
+import { DEFAULT_LIMITS, NbdClient, type ClientHost, type ClientLimits, type ClientStats } from './client.js';
 import { DriveBackend, NbdExport, type ExportConfig } from './export.js';
 
 /** A bitmap to export: a name on the exported drive, or any drive's bitmap as {node, name}. */
@@ -194,6 +194,11 @@ export class NbdServer {
   /** Number of connected clients (in handshake or transmission). */
   get clientCount(): number {
     return this.clients.size;
+  }
+
+  /** Each connection's phase, export and backlog. */
+  connections(): ClientStats[] {
+    return [...this.clients].map((c) => c.stats());
   }
 
   /**
