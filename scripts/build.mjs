@@ -4,7 +4,7 @@
 //   node scripts/build.mjs --watch      rebuild on change (npm run dev)
 import { build, context } from 'esbuild';
 import { fileURLToPath } from 'node:url';
-import { rmSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const pkg = JSON.parse(readFileSync(`${root}/package.json`, 'utf8'));
@@ -57,7 +57,7 @@ if (watch) {
   for (const c of configs) await (await context(c)).watch();
   console.log('watching src-main/ for changes');
 } else {
-  rmSync(`${root}/dist/main`, { recursive: true, force: true });
+  // no clean first: a process starting from dist/main meanwhile must never find it missing
   await Promise.all(configs.map((c) => build(c)));
 }
 

@@ -119,6 +119,8 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
   async detach(id: string): Promise<void> {
     const drive = this.drives.get(id);
     if (!drive) throw new TidemarkError('NOT_FOUND', `No drive with id '${id}'.`);
+    const job = this.jobs.jobUsing(drive);
+    if (job) throw new TidemarkError('BUSY', `Drive '${id}' is in use by ${job.type} job '${job.id}'; wait for it to finish or cancel it first.`);
     this.drives.delete(id);
     try {
       for (const hook of this.detachHooks) await hook(drive);

@@ -94,7 +94,7 @@ describe('request parser properties', () => {
         });
         expect(parser.pendingBytes).toBe(0);
       }),
-      { numRuns: 600 },
+      { numRuns: 15000 },
     );
   });
 
@@ -114,7 +114,7 @@ describe('request parser properties', () => {
         });
         if (poisonedAt >= 0) expect(parser.poisoned).toBe(true);
       }),
-      { numRuns: 1500 },
+      { numRuns: 20000 },
     );
   });
 
@@ -127,7 +127,7 @@ describe('request parser properties', () => {
         expect(evs.length).toBe(reqs.length + 1);
         expect(evs.at(-1)!.kind).toBe('bad-magic');
       }),
-      { numRuns: 400 },
+      { numRuns: 3000 },
     );
   });
 
@@ -214,9 +214,9 @@ describe('live fuzz', () => {
           c.close();
         }
       }),
-      { numRuns: 150, interruptAfterTimeLimit: 12_000 },
+      { numRuns: 1500, interruptAfterTimeLimit: 9_000 },
     );
-    expect(sessions).toBeGreaterThan(20);
+    expect(sessions).toBeGreaterThan(200);
     await sleep(50);
     // still serving, and its view of the disk is the engine's
     const { c } = await RawNbd.open(env.sock, 'fz');
