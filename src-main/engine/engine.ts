@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { realpath } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
+import { fileErrorToTidemark } from './io/file-errors.js';
 import { Drive } from './drive.js';
 import { IoPool } from './io/pool.js';
 import { FaultInjector } from './io/fault-injection.js';
@@ -89,6 +90,9 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
       }
     }
     const readOnly = options.readOnly ?? false;
+    await stat(options.path).catch((err: unknown) => {
+      throw fileErrorToTidemark(err, options.path, 'open');
+    });
     if (!readOnly) await assertNotLockedByOthers(options.path);
     const driver = await openImage(options.path, { readOnly, format: options.format ?? 'auto', opener: this.opener });
     // the id may have been taken while we opened the file
