@@ -161,7 +161,7 @@ function defaultJobId(engine: BlockEngine, drive: Drive): string {
 /** A live point-in-time export; `finish` ends it. */
 export class PointInTimeExport {
   private finishing: Promise<PointInTimeResult> | undefined;
-  private intended: boolean | undefined;
+  private intended = false;
   private failure: string | undefined;
   private readonly removeHook: () => void;
   readonly createdAt = new Date();
@@ -218,16 +218,16 @@ export class PointInTimeExport {
     return this.end(outcome.success);
   }
 
+  /** The first call decides the outcome (later ones, e.g. from the teardown's own export removal, change nothing). */
   private end(success: boolean, reason?: string): Promise<PointInTimeResult> {
-    this.intended ??= success;
+    if (this.finishing) return this.finishing;
+    this.intended = success;
     if (reason && !success) this.failure ??= reason;
-    this.finishing ??= this.teardown();
+    this.finishing = this.teardown();
     return this.finishing;
   }
 
   private async teardown(): Promise<PointInTimeResult> {
-    // let the export's removal hook (and a caller's finish) settle on one outcome first
-    await Promise.resolve();
     const errors: unknown[] = [];
     try {
       await this.server.removeExport(this.nbdExport.name).catch(() => this.nbdExport.remove());
@@ -241,7 +241,7 @@ export class PointInTimeExport {
     await this.job.gone;
     await rm(this.scratchDir, { recursive: true, force: true }).catch((err: unknown) => errors.push(err));
 
-    const success = this.intended === true && this.failure === undefined;
+    const success = this.intended && this.failure === undefined;
     let bitmap: BitmapOutcome = 'none';
     if (this.live) {
       const present = this.drive.bitmaps.all().includes(this.live) && this.engine.get(this.drive.id) === this.drive;
@@ -257,7 +257,7 @@ export class PointInTimeExport {
     if (this.newWrites) this.drive.bitmaps.release(this.newWrites);
     if (this.frozen) this.frozen.busy = false;
     const result: PointInTimeResult = { success, bitmap };
-    if (this.intended && !success) result.reason = this.failure;
+    if (!success && this.failure) result.reason = this.failure;
     if (errors.length) result.reason = [result.reason, ...errors.map((e) => (e instanceof Error ? e.message : String(e)))].filter(Boolean).join('; ');
     return result;
   }
