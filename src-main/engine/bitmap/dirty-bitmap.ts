@@ -119,11 +119,21 @@ export class DirtyBitmap {
     return out;
   }
 
-  /** Dirty byte runs only. */
+  /** Dirty byte runs only (clipped to the range and the disk). */
   dirtyExtents(offset = 0, length = this.size - offset): { offset: number; length: number }[] {
-    return this.extents(offset, length)
-      .filter((e) => e.dirty)
-      .map(({ offset: o, length: l }) => ({ offset: o, length: l }));
+    const out: { offset: number; length: number }[] = [];
+    for (const e of this.dirtyRuns(offset, length)) out.push(e);
+    return out;
+  }
+
+  /** Dirty byte runs, lazily: no array of a million extents for a huge fragmented bitmap. */
+  *dirtyRuns(offset = 0, length = this.size - offset): Generator<{ offset: number; length: number }> {
+    const end = Math.min(this.size, offset + length);
+    for (const [bit, n] of this.bits.runs(Math.floor(offset / this.granularity), Math.ceil(end / this.granularity))) {
+      const start = Math.max(offset, bit * this.granularity);
+      const stop = Math.min(end, (bit + n) * this.granularity);
+      if (stop > start) yield { offset: start, length: stop - start };
+    }
   }
 
   /**
@@ -135,7 +145,7 @@ export class DirtyBitmap {
       this.bits.or(source.bits);
       return;
     }
-    for (const e of source.dirtyExtents()) this.mark(e.offset, e.length);
+    for (const e of source.dirtyRuns()) this.mark(e.offset, e.length);
   }
 
   /** A new anonymous bitmap with our geometry and, optionally, our bits. */
@@ -148,7 +158,7 @@ export class DirtyBitmap {
     const out = new Array<number>(buckets).fill(0);
     if (this.size === 0 || buckets <= 0) return out;
     const per = this.size / buckets;
-    for (const e of this.dirtyExtents()) {
+    for (const e of this.dirtyRuns()) {
       let at = e.offset;
       const end = e.offset + e.length;
       while (at < end) {

@@ -86,6 +86,8 @@ export class SharedBits {
     let added = 0;
     for (let w = Math.floor(first / WORD); w <= Math.floor(last / WORD); w++) {
       const mask = maskFor(w, first, last);
+      // the common case for hot regions: already dirty, nothing to write
+      if ((Atomics.load(this.words, w) & mask) === mask) continue;
       const old = Atomics.or(this.words, w, mask);
       const fresh = mask & ~old;
       if (fresh !== 0) added += popcount32(fresh);
@@ -116,15 +118,20 @@ export class SharedBits {
     this.clearRange(0, this.size - 1);
   }
 
-  /** ORs `other` (same size) into this one. */
+  /** ORs `other` (same size) into this one, word by word over the source's non-empty words. */
   or(other: SharedBits): void {
     if (other.size !== this.size) throw new RangeError('bitmaps differ in size');
+    let added = 0;
     for (let bit = other.nextSet(0); bit >= 0; ) {
-      const end = other.nextClear(bit);
-      const last = (end < 0 ? this.size : end) - 1;
-      this.setRange(bit, last);
-      bit = last + 1 < this.size ? other.nextSet(last + 1) : -1;
+      const w = bit >>> 5;
+      const src = Atomics.load(other.words, w);
+      const old = Atomics.or(this.words, w, src);
+      const fresh = src & ~old;
+      if (fresh) added += popcount32(fresh);
+      if (old === 0 && src !== 0) this.markSummary(w);
+      bit = (w + 1) * WORD < this.size ? other.nextSet((w + 1) * WORD) : -1;
     }
+    if (added) Atomics.add(this.counter, 0, BigInt(added));
   }
 
   /** Copies `other` (same size) into this one exactly. */

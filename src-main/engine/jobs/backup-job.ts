@@ -85,7 +85,7 @@ export class BackupJob extends Job {
     if (this.config.sync === 'bitmap') {
       const b = this.config.bitmap!;
       // rounds outward to the copy granularity: a 4 KiB bit copies its whole 64 KiB cluster
-      for (const e of b.dirtyExtents()) {
+      for (const e of b.dirtyRuns()) {
         bits.setRange(Math.floor(e.offset / this.copy.clusterSize), Math.floor((e.offset + e.length - 1) / this.copy.clusterSize));
       }
       return;
