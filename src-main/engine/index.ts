@@ -11,3 +11,4 @@ export { SharedBits } from './bitmap/shared-bits.js';
 export { runTransaction, type TransactionAction } from './jobs/transaction.js';
 export { createBackupJob, type BackupParams } from './jobs/backup-create.js';
 export { QmpServer } from './protocols/qmp/server.js';
+export { RestoreJob } from './jobs/restore-job.js';

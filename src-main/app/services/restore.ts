@@ -199,6 +199,7 @@ export class RestoreService {
         compress: target.kind === 'file' && !!target.compress,
         inPlace: drive,
         opener: this.engine.opener,
+        hashFile: (path) => this.engine.pool.hashFile(path),
       },
       this.engine.jobs.sink,
       this.engine.jobs.onNull,
