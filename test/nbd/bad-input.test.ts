@@ -104,6 +104,29 @@ describe('garbage', () => {
     c.close();
   });
 
+  test('a flood of options whose replies are never read: bounded, and the server carries on', async () => {
+    // 40 more exports make every NBD_OPT_LIST reply about 1.3 KiB
+    const names = Array.from({ length: 40 }, (_, i) => `flood-${String(i).padStart(2, '0')}`);
+    for (const name of names) env.server.addExport({ name, driveId: 'victim' });
+    const c = await RawNbd.connect(env.sock);
+    try {
+      await c.hello();
+      c.socket.pause();
+      const list = Buffer.alloc(16);
+      Buffer.from('IHAVEOPT').copy(list);
+      list.writeUInt32BE(OPT.LIST, 8);
+      // 30 000 options (480 KiB) asking for about 40 MiB of replies
+      c.write(Buffer.concat(Array.from({ length: 30_000 }, () => list)));
+      await sleep(1000);
+      const [stat] = env.server.connections().filter((s) => s.phase === 'handshake');
+      expect(stat.queuedOutput).toBeLessThan(8 * MiB);
+      await healthy();
+    } finally {
+      c.close();
+      for (const name of names) await env.server.removeExport(name);
+    }
+  });
+
   test('after the handshake: a request with a bad magic ends that session only', async () => {
     const { c } = await RawNbd.open(env.sock, 'victim');
     const { c: other } = await RawNbd.open(env.sock, 'victim');

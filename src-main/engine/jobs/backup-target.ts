@@ -46,6 +46,10 @@ export class ImageTarget implements BackupTarget {
   get name(): string {
     return this.driver.path;
   }
+  /** the image the job writes (a point-in-time NBD export reads the fleecing image through it) */
+  get image(): BlockDriver {
+    return this.driver;
+  }
   get virtualSize(): number {
     return this.driver.virtualSize;
   }

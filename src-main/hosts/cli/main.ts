@@ -10,8 +10,9 @@ import { backupCommand, bitmapsCommand, chainsCommand, drivesCommand, jobsComman
 const USAGE = `Usage: tidemark [--data-dir DIR] <command> [options]
 
 Commands:
-  serve [--web 127.0.0.1:PORT] [--no-web] [--qmp unix:PATH] [--drive id=ID,file=PATH,format=raw|qcow2]...
-        Run the engine headless with the web console (and a QMP socket); prints the console URL.
+  serve [--web 127.0.0.1:PORT] [--no-web] [--qmp unix:PATH] [--nbd unix:PATH] [--drive id=ID,file=PATH,format=raw|qcow2]...
+        Run the engine headless with the web console (and a QMP socket, and an NBD socket exporting
+        every drive under its id); prints the console URL.
   drives list | drives add PATH [--id ID] | drives remove ID
   bitmaps --drive ID
   backup (--drive ID | --group NAME) [--dest FOLDER] [--full | --diff]
@@ -34,7 +35,7 @@ When another Tidemark is running on the same data dir, commands are sent to it.
 
 const GLOBAL: Record<string, OptionSpec> = { 'data-dir': { value: true }, help: {}, json: {} };
 const COMMANDS: Record<string, Record<string, OptionSpec>> = {
-  serve: { web: { value: true }, 'no-web': {}, qmp: { value: true }, drive: { value: true, repeat: true } },
+  serve: { web: { value: true }, 'no-web': {}, qmp: { value: true }, nbd: { value: true }, drive: { value: true, repeat: true } },
   drives: { id: { value: true } },
   bitmaps: { drive: { value: true } },
   backup: { drive: { value: true }, group: { value: true }, dest: { value: true }, full: {}, diff: {} },

@@ -3,6 +3,7 @@ import type { TidemarkApp, AppOptions } from '../../app/app.js';
 import { WebHost } from '../web/web-host.js';
 import { rendererDir } from '../web/static-files.js';
 import { QmpServer } from '../../engine/protocols/qmp/server.js';
+import { NbdServer } from '../../engine/protocols/nbd/server.js';
 import { parseKeyValues, UsageError, type ParsedArgs } from './args.js';
 
 function parseWeb(text: string): { host: string; port: number } {
@@ -17,12 +18,14 @@ function parseUnix(text: string, option: string): string {
 }
 
 /**
- * `tidemark serve`: the engine headless, with the web console and optionally a QMP socket.
+ * `tidemark serve`: the engine headless, with the web console and optionally a QMP socket and an
+ * NBD socket (every drive exported read-write under its id).
  * Runs until SIGINT/SIGTERM or QMP `quit`, then closes every image cleanly.
  */
 export async function serve(args: ParsedArgs, dataDir: string, start: (o: AppOptions) => Promise<TidemarkApp>): Promise<number> {
   const web = args.flags.has('no-web') ? undefined : parseWeb(args.options.get('web')?.[0] ?? '127.0.0.1:0');
   const qmpPath = args.options.has('qmp') ? parseUnix(args.options.get('qmp')![0], 'qmp') : undefined;
+  const nbdPath = args.options.has('nbd') ? parseUnix(args.options.get('nbd')![0], 'nbd') : undefined;
   const drives = (args.options.get('drive') ?? []).map((text) => {
     const kv = parseKeyValues(text);
     if (!kv.id || !kv.file) throw new UsageError(`--drive needs id=ID,file=PATH (and optionally format=raw|qcow2); got '${text}'`);
@@ -37,16 +40,22 @@ export async function serve(args: ParsedArgs, dataDir: string, start: (o: AppOpt
   const app = await start({ dataDir: resolve(dataDir), host: 'web', log });
   let host: WebHost | undefined;
   let qmp: QmpServer | undefined;
+  let nbd: NbdServer | undefined;
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       await qmp?.close();
+      await nbd?.close();
       await host?.stop();
       await app.close();
     })());
 
   try {
     for (const d of drives) await app.drives.attachSessionDrive(d.id, d.file, d.format, d.discard);
+    if (nbdPath) {
+      nbd = new NbdServer(app.engine, { log });
+      await nbd.listenUnix(nbdPath);
+    }
     if (qmpPath) {
       qmp = new QmpServer(app.engine, { path: qmpPath, log, onQuit: () => stop() });
       await qmp.listen();

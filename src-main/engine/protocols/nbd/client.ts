@@ -118,6 +118,20 @@ class SessionEnd extends Error {
 }
 
 const ZEROES_124 = Buffer.alloc(124);
+/** the options this server implements (a too-long one of these is NBD_REP_ERR_TOO_BIG, any other NBD_REP_ERR_UNSUP) */
+const KNOWN_OPTIONS = new Set([
+  NBD_OPT_EXPORT_NAME,
+  NBD_OPT_ABORT,
+  NBD_OPT_LIST,
+  NBD_OPT_STARTTLS,
+  NBD_OPT_INFO,
+  NBD_OPT_GO,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+]);
+/** unread handshake bytes held before the server stops reading from the client */
+const HANDSHAKE_BUFFER = 4 * 1024 * 1024;
 
 /**
  * One client connection: the fixed-newstyle handshake (option haggling), then the transmission
@@ -126,7 +140,7 @@ const ZEROES_124 = Buffer.alloc(124);
  * bound. A WRITE is only executed once its whole payload has arrived.
  */
 export class NbdClient implements ExportUser {
-  private readonly input = new ByteQueue();
+  private readonly input: ByteQueue;
   private parser: RequestParser | undefined;
   private fixed = false;
   private noZeroes = false;
@@ -137,6 +151,7 @@ export class NbdClient implements ExportUser {
   private inflight = 0;
   private inflightBytes = 0;
   private readingPaused = false;
+  private corked = false;
   /** no more requests are taken (DISC, shutdown, bad input) */
   private stopped = false;
   private idleWaiters: (() => void)[] = [];
@@ -151,6 +166,7 @@ export class NbdClient implements ExportUser {
     private readonly limits: ClientLimits = DEFAULT_LIMITS,
   ) {
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
+    this.input = new ByteQueue(() => socket.resume());
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => socket.destroy());
@@ -225,6 +241,8 @@ export class NbdClient implements ExportUser {
   private onData(chunk: Buffer): void {
     if (!this.parser) {
       this.input.push(chunk);
+      // a client racing ahead of the handshake is not buffered without bound
+      if (this.input.length > HANDSHAKE_BUFFER) this.socket.pause();
       return;
     }
     if (this.stopped) return;
@@ -233,16 +251,23 @@ export class NbdClient implements ExportUser {
 
   // ------------------------------------------------------------------ handshake
 
+  /**
+   * Queues one message (written whole: nothing else can come between its parts). Messages queued
+   * in one turn of the event loop leave together in one writev, so many small replies do not
+   * cost a system call each.
+   */
   private send(...parts: Uint8Array[]): void {
     const s = this.socket;
     if (s.destroyed || !s.writable) return;
-    if (parts.length === 1) {
-      s.write(parts[0]);
-    } else {
+    if (!this.corked) {
+      this.corked = true;
       s.cork();
-      for (const p of parts) s.write(p);
-      s.uncork();
+      setImmediate(() => {
+        this.corked = false;
+        s.uncork();
+      });
     }
+    for (const p of parts) s.write(p);
     if (s.writableLength > this.limits.maxQueuedOutput) this.updateReading();
   }
 
@@ -262,6 +287,8 @@ export class NbdClient implements ExportUser {
     this.noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
 
     for (;;) {
+      // a client that sends options without reading the replies is not answered into memory without bound
+      if (this.socket.writableLength > HANDSHAKE_BUFFER) await this.drained();
       const head = await this.input.read(16);
       if (head.readBigUInt64BE(0) !== NBD_OPTS_MAGIC) {
         this.host.log('nbd: bad option magic; disconnecting');
@@ -276,7 +303,7 @@ export class NbdClient implements ExportUser {
       if (len > MAX_OPTION_DATA) {
         if (opt === NBD_OPT_EXPORT_NAME) throw new SessionEnd();
         await this.input.skip(len);
-        this.optError(opt, opt > NBD_OPT_SET_META_CONTEXT ? NBD_REP_ERR_UNSUP : NBD_REP_ERR_TOO_BIG, `option ${optionName(opt)} is too long (${len} bytes)`);
+        this.optError(opt, KNOWN_OPTIONS.has(opt) ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_UNSUP, `option ${optionName(opt)} is too long (${len} bytes)`);
         continue;
       }
       const data = len > 0 ? await this.input.read(len) : Buffer.alloc(0);
@@ -287,6 +314,19 @@ export class NbdClient implements ExportUser {
       }
       if (await this.handleOption(opt, data)) return;
     }
+  }
+
+  /** Resolves when the socket's output has drained (or the socket closed: then the next read fails). */
+  private drained(): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
   }
 
   private optError(opt: number, type: number, message: string): void {
@@ -457,6 +497,8 @@ export class NbdClient implements ExportUser {
       if (this.stopped) break;
       this.handleEvents(this.parser.push(chunk));
     }
+    // the handshake may have paused reading; from now on only the transmission limits apply
+    if (!this.stopped && !this.readingPaused) this.socket.resume();
   }
 
   // ------------------------------------------------------------------ transmission
@@ -521,10 +563,13 @@ export class NbdClient implements ExportUser {
 
   /** Ends our side after what was sent, then keeps reading (and ignoring) so the peer's close is seen. */
   private endSocket(): void {
-    // once all replies are flushed the peer has 2 s to hang up
+    // once all replies are flushed the peer has 2 s to hang up; one that does not even read them goes after 10 s
     this.socket.end(() => setTimeout(() => this.socket.destroy(), 2000).unref());
+    setTimeout(() => this.socket.destroy(), 10_000).unref();
     this.socket.resume();
   }
+
+
 
   private async serve(req: NbdRequest, payload: Buffer | undefined, payloadDropped: boolean): Promise<void> {
     const exp = this.exp!;

@@ -183,7 +183,12 @@ export class PointInTimeExport {
   ) {
     this.removeHook = drive.addBeforeWrite((o, l) => backend.beforeGuestWrite(o, l));
     // the export going away by any other route ends the point in time as a failure
-    nbdExport.onRemoved(() => void this.end(false, 'the export was removed before the backup finished'));
+    // (awaited, so a server closing waits for the cleanup; when finish() removed the export, the
+    // teardown already under way awaits this removal and must not be awaited back)
+    nbdExport.onRemoved(async () => {
+      if (this.finishing) return;
+      await this.end(false, 'the export was removed before the backup finished');
+    });
     void job.gone.then(() => {
       if (!this.finishing) {
         this.failure = `the fleecing job '${job.id}' ended${job.error ? `: ${job.error}` : ''}`;
@@ -229,10 +234,14 @@ export class PointInTimeExport {
 
   private async teardown(): Promise<PointInTimeResult> {
     const errors: unknown[] = [];
-    try {
-      await this.server.removeExport(this.nbdExport.name).catch(() => this.nbdExport.remove());
-    } catch (err) {
-      errors.push(err);
+    // (when the export's removal is what brought us here, its clients are gone already and the
+    // removal completes once this teardown has)
+    if (this.nbdExport.live) {
+      try {
+        await this.server.removeExport(this.nbdExport.name).catch(() => this.nbdExport.remove());
+      } catch (err) {
+        errors.push(err);
+      }
     }
     this.removeHook();
     if (this.job.status !== 'null' && this.job.status !== 'concluded') {

@@ -99,12 +99,12 @@ export class NbdServer {
     private readonly options: NbdServerOptions = {},
   ) {
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
-    const self = this;
+    const isClosing = () => this.closing !== undefined;
     this.host = {
       findExport: (name) => this.exportMap.get(name),
       listExports: () => [...this.exportMap.values()],
       get shuttingDown() {
-        return self.closing !== undefined;
+        return isClosing();
       },
       log: (m) => this.log(m),
     };

@@ -170,6 +170,9 @@ export class ByteQueue {
   private waiter: { need: number; resolve: () => void; reject: (e: Error) => void } | undefined;
   private closed = false;
 
+  /** `starving` runs whenever a read has to wait for more bytes (the owner resumes its socket then). */
+  constructor(private readonly starving: () => void = () => {}) {}
+
   get length(): number {
     return this.buffered;
   }
@@ -216,6 +219,7 @@ export class ByteQueue {
     if (this.closed) return Promise.reject(new StreamClosed());
     return new Promise((resolve, reject) => {
       this.waiter = { need: n, resolve, reject };
+      this.starving();
     });
   }
 

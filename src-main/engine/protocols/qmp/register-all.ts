@@ -2,3 +2,4 @@
 import './commands.js';
 import './bitmap-commands.js';
 import './job-commands.js';
+import './nbd-commands.js';
