@@ -136,6 +136,17 @@ export class TidemarkConsole {
     });
   }
 
+  /** Kills the console without letting it save anything (SIGKILL), like a crash or a power cut. */
+  async kill(): Promise<void> {
+    const child = this.child;
+    this.child = undefined;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    await new Promise<void>((resolve) => {
+      child.once('exit', () => resolve());
+      child.kill('SIGKILL');
+    });
+  }
+
   async restart(): Promise<string> {
     await this.stop();
     return this.start();

@@ -14,6 +14,7 @@ import { ChainsRepo } from './catalog/chains-repo.js';
 import { GroupsRepo } from './catalog/groups-repo.js';
 import { JobsRepo } from './catalog/jobs-repo.js';
 import { TidemarkError } from '../../src-shared/errors.js';
+import { NbdServer } from '../engine/protocols/nbd/server.js';
 import { APP_VERSION } from './version.js';
 
 export interface AppOptions {
@@ -21,6 +22,8 @@ export interface AppOptions {
   host: 'electron' | 'web';
   ioWorkers?: number;
   log?: (message: string) => void;
+  /** export every drive over NBD on `<dataDir>/nbd.sock` (owner-only), for VMs and tools */
+  nbd?: boolean;
 }
 
 /**
@@ -37,6 +40,7 @@ export class TidemarkApp {
   readonly backups: BackupService;
   readonly groups: GroupsRepo;
   readonly restore: RestoreService;
+  nbd: NbdServer | undefined;
   readonly router: Router;
   readonly lock: InstanceLock;
   private closed: Promise<void> | undefined;
@@ -68,6 +72,7 @@ export class TidemarkApp {
           host: options.host,
           dataDir: options.dataDir,
           engine: { ioWorkers: this.engine.pool.size },
+          nbdSocket: this.nbd ? join(options.dataDir, 'nbd.sock') : null,
         }),
         'drives.list': () => this.drives.list(),
         'drives.create': (p) => this.drives.create(p),
@@ -132,6 +137,10 @@ export class TidemarkApp {
     const recovered = (await app.backups.recover()) + app.jobs.recover();
     if (recovered) options.log?.(`Recovered from an unclean stop: ${recovered} interrupted job(s) marked failed.`);
     await app.drives.openAll();
+    if (options.nbd) {
+      app.nbd = new NbdServer(app.engine, { log: options.log });
+      await app.nbd.listenUnix(join(options.dataDir, 'nbd.sock'));
+    }
     return app;
   }
 
@@ -139,6 +148,7 @@ export class TidemarkApp {
   close(): Promise<void> {
     this.closed ??= (async () => {
       try {
+        await this.nbd?.close();
         await this.engine.close();
       } finally {
         this.catalog.close();

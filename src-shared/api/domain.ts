@@ -42,6 +42,8 @@ export const AppInfoSchema = z.object({
   host: z.enum(['electron', 'web']),
   dataDir: z.string(),
   engine: z.object({ ioWorkers: z.number().int().positive() }),
+  /** every drive is exported over NBD here as nbd+unix:///<drive id>?socket=<path> (null: not serving) */
+  nbdSocket: z.string().nullable(),
 });
 export type AppInfo = z.infer<typeof AppInfoSchema>;
 

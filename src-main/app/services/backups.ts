@@ -10,6 +10,7 @@ import type { GroupsRepo } from '../catalog/groups-repo.js';
 import type { EventBus } from '../router/router.js';
 import type { BackupPoint, BackupSettings, ChainSummary, VerifyReport } from '../../../src-shared/api/domain.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
+import { formatSize } from '../../../src-shared/size.js';
 import type { BitmapsService } from './bitmaps.js';
 import type { JobsService } from './jobs.js';
 import { chainBitmapName, chainFolder, compactTime, pointFileName } from './chain-naming.js';
@@ -202,7 +203,8 @@ export class BackupService {
     const seq = this.chains.nextSeq(current.id);
     const kind: PointKind = mode === 'differential' ? 'diff' : 'inc';
     const time = new Date().toISOString();
-    const reason = kind === 'inc' ? `Incremental: ${bitmap.count} bytes changed since the last backup.` : `Differential: ${bitmap.count} bytes changed since the full backup.`;
+    const reason =
+      kind === 'inc' ? `Incremental: ${formatSize(bitmap.count)} changed since the last backup.` : `Differential: ${formatSize(bitmap.count)} changed since the full backup.`;
     return { drive, kind, reason, chain: current, newChain: false, parent, file: join(current.folder, pointFileName(seq, kind, time)), seq, estimate: bitmap.count };
   }
 

@@ -48,6 +48,11 @@ export class BitmapsService {
     private readonly dataDir: string,
   ) {
     engine.on('write', (d) => this.changed(d.id));
+    // jobs freeze and release bitmaps (busy): tell the UI when a job changes state
+    engine.jobs.on('event', (name) => {
+      if (name !== 'JOB_STATUS_CHANGE') return;
+      for (const d of engine.list()) this.changed(d.id);
+    });
   }
 
   /** Where a raw drive's sidecar bitmaps live: one file per image, named by its path. */

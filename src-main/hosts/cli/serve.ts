@@ -37,7 +37,8 @@ export async function serve(args: ParsedArgs, dataDir: string, start: (o: AppOpt
   });
 
   const log = (m: string) => process.stderr.write(`${m}\n`);
-  const app = await start({ dataDir: resolve(dataDir), host: 'web', log });
+  // the app's own NBD socket in the data dir, unless --nbd names one
+  const app = await start({ dataDir: resolve(dataDir), host: 'web', log, nbd: !nbdPath });
   let host: WebHost | undefined;
   let qmp: QmpServer | undefined;
   let nbd: NbdServer | undefined;

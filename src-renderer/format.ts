@@ -1,0 +1,102 @@
+import { formatSize } from '../src-shared/size';
+
+/** Display helpers shared by the screens. Sizes use binary units, like qemu-img. */
+
+export { formatSize };
+
+/** 12345678 → "12,345,678 bytes", for titles next to a rounded size */
+export function exactBytes(n: number): string {
+  return `${n.toLocaleString('en-US')} bytes`;
+}
+
+/** 0.1234 → "12.34%"; tiny but non-zero fractions do not round to a misleading "0%" */
+export function formatPercent(fraction: number): string {
+  if (!Number.isFinite(fraction) || fraction <= 0) return '0%';
+  if (fraction >= 1) return '100%';
+  const pct = fraction * 100;
+  if (pct < 0.01) return '< 0.01%';
+  if (pct > 99.99) return '> 99.99%';
+  return `${pct < 10 ? pct.toFixed(2) : pct.toFixed(1)}%`.replace(/\.?0+%$/, '%');
+}
+
+/** bytes per second → "12.5 MiB/s" */
+export function formatRate(bytesPerSecond: number): string {
+  return `${formatSize(Math.round(bytesPerSecond))}/s`;
+}
+
+/** 125000 ms → "2 min 5 s" */
+export function formatDuration(ms: number): string {
+  if (!Number.isFinite(ms) || ms < 0) return '—';
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return s % 60 ? `${m} min ${s % 60} s` : `${m} min`;
+  const h = Math.floor(m / 60);
+  return m % 60 ? `${h} h ${m % 60} min` : `${h} h`;
+}
+
+/** A time estimate without fake precision. */
+export function formatEta(seconds: number): string {
+  if (seconds < 10) return 'a few seconds';
+  if (seconds < 60) return `about ${Math.round(seconds / 5) * 5} s`;
+  if (seconds < 90) return 'about a minute';
+  if (seconds < 3600) return `about ${Math.round(seconds / 60)} min`;
+  const h = Math.floor(seconds / 3600);
+  const m = Math.round((seconds % 3600) / 60);
+  return m ? `about ${h} h ${m} min` : `about ${h} h`;
+}
+
+const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+const shortDateTime = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+
+/** ISO time → the reader's local date and time, with seconds (two backups can be a minute apart) */
+export function formatTime(iso: string): string {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : dateTime.format(d);
+}
+
+const clock = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+
+/** ms since epoch → "14:02", for chart axes over a short span */
+export function formatClock(ms: number): string {
+  return clock.format(new Date(ms));
+}
+
+/** ms since epoch → "Mar 5, 14:02", for chart axes */
+export function formatShortTime(ms: number): string {
+  return shortDateTime.format(new Date(ms));
+}
+
+/** 'full' | 'inc' | 'diff' → what people call them */
+export function kindName(kind: string): string {
+  switch (kind) {
+    case 'full':
+      return 'Full';
+    case 'inc':
+      return 'Incremental';
+    case 'diff':
+      return 'Differential';
+    case 'restore':
+      return 'Restore';
+    default:
+      return kind;
+  }
+}
+
+/** "/var/lib/a.img" → ["/", "var/", "lib/", "a.img"], so long paths wrap after a slash */
+export function pathParts(path: string): string[] {
+  return path.split(/(?<=[/\\])/);
+}
+
+/** A job's summary line: "Full backup of alpha" */
+export function jobTitle(job: { kind: string; label: string; driveId: string }): string {
+  if (job.kind === 'restore') return `Restore of ${job.driveId}`;
+  const known = job.label === 'full' || job.label === 'inc' || job.label === 'diff';
+  return known ? `${kindName(job.label)} backup of ${job.driveId}` : `Backup of ${job.driveId}`;
+}
+
+/** "Full backup of Web01" → "full backup of Web01", for the middle of a sentence */
+export function lowerFirst(text: string): string {
+  return text ? `${text[0].toLowerCase()}${text.slice(1)}` : text;
+}
