@@ -93,7 +93,11 @@ export class TidemarkApp {
         'bitmaps.merge': async (p) => this.bitmaps.merge(p),
         'backups.list': async (p) => this.backups.list(p.driveId),
         'backups.getSettings': async (p) => this.backups.settings(p.driveId),
-        'backups.setSettings': async (p) => this.backups.setSettings(p.driveId, p),
+        'backups.setSettings': async (p) => {
+          const settings = this.backups.setSettings(p.driveId, p);
+          this.bus.emit('backups.changed', { driveId: p.driveId });
+          return settings;
+        },
         'backups.run': (p) => this.backups.run(p),
         'backups.verify': (p) => this.backups.verify(p.chainId),
         'backups.deleteChain': async (p) => {
@@ -111,10 +115,12 @@ export class TidemarkApp {
           const unknown = p.drives.filter((d) => !known.has(d));
           if (unknown.length) throw new TidemarkError('NOT_FOUND', `No drive ${unknown.map((d) => `'${d}'`).join(', ')} in the catalog.`);
           this.catalog.transaction(() => this.groups.set(p.name, [...new Set(p.drives)], new Date().toISOString()));
+          this.bus.emit('groups.changed', { groups: this.groups.list() });
           return { name: p.name, drives: this.groups.members(p.name) };
         },
         'groups.remove': async (p) => {
           if (!this.catalog.transaction(() => this.groups.remove(p.name))) throw new TidemarkError('NOT_FOUND', `No machine group '${p.name}'.`);
+          this.bus.emit('groups.changed', { groups: this.groups.list() });
           return {};
         },
         'jobs.list': async () => this.jobs.list(),

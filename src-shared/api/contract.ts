@@ -141,6 +141,8 @@ export const events = {
   'jobs.finished': z.object({ job: JobSummarySchema, outcome: z.enum(['completed', 'failed', 'cancelled']) }),
   /** a restore ended: the final report (verified or why not) */
   'restore.finished': z.object({ report: RestoreReportSchema }),
+  /** machine groups after any change */
+  'groups.changed': z.object({ groups: z.array(GroupSchema) }),
   /** a drive's chains changed (a point was added, completed, failed, verified or deleted) */
   'backups.changed': z.object({ driveId: z.string() }),
 } as const;

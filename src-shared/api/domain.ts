@@ -155,6 +155,8 @@ export const JobHistorySchema = z.object({
   id: z.number().int(),
   jobId: z.string(),
   kind: z.string(),
+  /** full, inc, diff or restore */
+  label: z.string(),
   driveId: z.string(),
   startedAt: z.string(),
   endedAt: z.string().nullable(),

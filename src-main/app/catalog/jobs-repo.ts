@@ -6,6 +6,8 @@ export interface JobHistoryRow {
   id: number;
   jobId: string;
   kind: string;
+  /** what the job made: full, inc, diff, restore */
+  label: string;
   driveId: string;
   startedAt: string;
   endedAt: string | null;
@@ -18,10 +20,11 @@ export interface JobHistoryRow {
 export class JobsRepo {
   constructor(private readonly db: DatabaseSync) {}
 
-  start(row: { jobId: string; kind: string; driveId: string; startedAt: string }): number {
+  start(row: { jobId: string; kind: string; label: string; driveId: string; startedAt: string }): number {
     return Number(
-      this.db.prepare("INSERT INTO job_history (job_id, kind, drive_id, started_at, outcome) VALUES (?, ?, ?, ?, 'running')").run(row.jobId, row.kind, row.driveId, row.startedAt)
-        .lastInsertRowid,
+      this.db
+        .prepare("INSERT INTO job_history (job_id, kind, label, drive_id, started_at, outcome) VALUES (?, ?, ?, ?, ?, 'running')")
+        .run(row.jobId, row.kind, row.label, row.driveId, row.startedAt).lastInsertRowid,
     );
   }
 
@@ -40,6 +43,7 @@ export class JobsRepo {
       id: r.id as number,
       jobId: r.job_id as string,
       kind: r.kind as string,
+      label: r.label as string,
       driveId: r.drive_id as string,
       startedAt: r.started_at as string,
       endedAt: r.ended_at as string | null,

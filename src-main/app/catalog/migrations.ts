@@ -73,4 +73,9 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       ) STRICT;
     `,
   },
+  {
+    version: 3,
+    name: 'job history labels',
+    sql: `ALTER TABLE job_history ADD COLUMN label TEXT NOT NULL DEFAULT '';`,
+  },
 ];

@@ -56,7 +56,7 @@ export class JobsService {
   /** Starts following an engine job the app created. */
   track(job: Job, meta: { driveId: string; label: string; kind: 'backup' | 'restore' }): void {
     const startedAt = new Date().toISOString();
-    const historyId = this.repo.start({ jobId: job.id, kind: meta.kind, driveId: meta.driveId, startedAt });
+    const historyId = this.repo.start({ jobId: job.id, kind: meta.kind, label: meta.label, driveId: meta.driveId, startedAt });
     this.tracked.set(job.id, { job, ...meta, startedAt, historyId, samples: [{ t: Date.now(), bytes: job.current }] });
     this.timer ??= setInterval(() => this.tick(), 1000 / PROGRESS_HZ);
     this.timer.unref();
