@@ -1,25 +1,14 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { mkdirSync, mkdtempSync, writeFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TidemarkApp } from '../../src-main/app/app.js';
+import type { TidemarkApp } from '../../src-main/app/app.js';
 import type { ChainSummary } from '../../src-shared/api/domain.js';
-import { qemu, qemuImgCheck, qemuImgCompare, mountTmpfs, umount } from '../helpers/qemu.js';
+import { qemu, qemuImgCheck, qemuImgCompare } from '../helpers/qemu.js';
+import { appHarness } from '../helpers/apps.js';
 
 const MiB = 1 << 20;
-const apps: TidemarkApp[] = [];
-const mounts: string[] = [];
-
-afterEach(async () => {
-  for (const a of apps.splice(0)) await a.close().catch(() => {});
-  for (const m of mounts.splice(0)) umount(m);
-});
-
-async function start(dataDir: string): Promise<TidemarkApp> {
-  const app = await TidemarkApp.start({ dataDir, host: 'web' });
-  apps.push(app);
-  return app;
-}
+const { start, stop, crash, mount } = appHarness();
 
 function world(): { root: string; dataDir: string; images: string; dest: string } {
   const root = mkdtempSync(join(tmpdir(), 'tm-backup-'));
@@ -111,14 +100,12 @@ describe('Back up now', () => {
     expect(chains[1].active).toBe(true);
 
     // a clean restart keeps the chain going: the bitmap was stored in the image at close
-    await app.close();
-    apps.splice(apps.indexOf(app), 1);
+    await stop(app);
     app = await start(w.dataDir);
     expect(app.engine.get('vm2')!.bitmaps.find(chains[1].bitmap)?.info()).toMatchObject({ recording: true, persistent: true });
     await app.engine.get('vm2')!.write(0, new Uint8Array(512));
     // a crash: the process dies without closing the image, so its bitmap stays "in use" on disk
-    apps.splice(apps.indexOf(app), 1);
-    app.engine.pool.close();
+    await crash(app);
     app = await start(w.dataDir);
     const [after] = await app.backups.run({ driveId: 'vm2' });
     expect(after.kind).toBe('full');
@@ -130,8 +117,7 @@ describe('Back up now', () => {
     const w = world();
     const small = join(w.root, 'small');
     mkdirSync(small);
-    mountTmpfs(small, '2M');
-    mounts.push(small);
+    mount(small, '2M');
     const app = await start(w.dataDir);
     await app.drives.add({ path: makeDrive(w.images, 'vm3'), id: 'vm3' });
     await expect(app.backups.run({ driveId: 'vm3', dest: small })).rejects.toThrow(/Not enough free space/);
@@ -143,8 +129,7 @@ describe('Back up now', () => {
     const w = world();
     const tight = join(w.root, 'tight');
     mkdirSync(tight);
-    mountTmpfs(tight, '100M');
-    mounts.push(tight);
+    mount(tight, '100M');
     const app = await start(w.dataDir);
     await app.drives.add({ path: makeDrive(w.images, 'vm4', '64M', [[0x5a, '0', '2M']]), id: 'vm4' });
     await app.backups.run({ driveId: 'vm4', dest: tight });
@@ -185,8 +170,7 @@ describe('Back up now', () => {
     const w = world();
     const tight = join(w.root, 'tight');
     mkdirSync(tight);
-    mountTmpfs(tight, '100M');
-    mounts.push(tight);
+    mount(tight, '100M');
     const app = await start(w.dataDir);
     await app.drives.add({ path: makeDrive(w.images, 'g1'), id: 'g1' });
     await app.drives.add({ path: makeDrive(w.images, 'g2'), id: 'g2' });

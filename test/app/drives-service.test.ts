@@ -1,20 +1,11 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { chmodSync, mkdirSync, mkdtempSync, writeFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TidemarkApp } from '../../src-main/app/app.js';
 import { qemu } from '../helpers/qemu.js';
+import { appHarness } from '../helpers/apps.js';
 
-const apps: TidemarkApp[] = [];
-afterEach(async () => {
-  for (const a of apps.splice(0)) await a.close().catch(() => {});
-});
-
-async function start(dataDir: string) {
-  const app = await TidemarkApp.start({ dataDir, host: 'web' });
-  apps.push(app);
-  return app;
-}
+const { start, stop } = appHarness();
 
 describe('drives', () => {
   it('creates raw and qcow2 drives, lists them with sizes, and remembers them across a restart', async () => {
@@ -30,8 +21,7 @@ describe('drives', () => {
     expect(top.virtualSize).toBe(2 ** 30);
     expect(top.backingChain).toEqual([{ path: join(dir, 'base.qcow2'), format: 'qcow2', virtualSize: 2 ** 30 }]);
     expect(JSON.parse(qemu('qemu-img', ['info', '-U', '--output=json', join(dir, 'top.qcow2')]))['backing-filename']).toBe('base.qcow2');
-    await app.close();
-    apps.pop();
+    await stop(app);
     app = await start(data);
     expect((await app.drives.list()).map((d) => [d.id, d.state])).toEqual([
       ['a', 'online'],
@@ -39,8 +29,7 @@ describe('drives', () => {
       ['top', 'online'],
     ]);
     // a file gone while Tidemark was closed: still listed, offline, with the reason
-    await app.close();
-    apps.pop();
+    await stop(app);
     rmSync(join(dir, 'a.raw'));
     app = await start(data);
     const a = (await app.drives.list()).find((d) => d.id === 'a')!;

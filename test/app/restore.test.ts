@@ -1,26 +1,21 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TidemarkApp } from '../../src-main/app/app.js';
+import type { TidemarkApp } from '../../src-main/app/app.js';
 import type { RestoreReport } from '../../src-shared/api/domain.js';
-import { qemu, qemuImgCheck, qemuImgCompare, mountTmpfs, umount } from '../helpers/qemu.js';
+import { qemu, qemuImgCheck, qemuImgCompare } from '../helpers/qemu.js';
+import { appHarness } from '../helpers/apps.js';
 
 const MiB = 1 << 20;
-const apps: TidemarkApp[] = [];
-const mounts: string[] = [];
-afterEach(async () => {
-  for (const a of apps.splice(0)) await a.close().catch(() => {});
-  for (const m of mounts.splice(0)) umount(m);
-});
+const harness = appHarness();
 
 async function setup(size = '64M') {
   const root = mkdtempSync(join(tmpdir(), 'tm-restore-'));
   const img = join(root, 'vm.qcow2');
   qemu('qemu-img', ['create', '-f', 'qcow2', img, size]);
   qemu('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x10 0 8M', img]);
-  const app = await TidemarkApp.start({ dataDir: join(root, 'data'), host: 'web' });
-  apps.push(app);
+  const app = await harness.start(join(root, 'data'));
   await app.drives.add({ path: img, id: 'vm' });
   app.backups.setSettings('vm', { backupDir: join(root, 'bk') });
   return { root, img, app, drive: app.engine.get('vm')! };
@@ -135,8 +130,7 @@ describe('restore', () => {
     await backUp(app, join(root, 's1.raw'));
     const small = join(root, 'small');
     mkdirSync(small);
-    mountTmpfs(small, '120M');
-    mounts.push(small);
+    harness.mount(small, '120M');
     const started = await app.restore.start('vm', 1, { kind: 'file', path: join(small, 'out.raw'), format: 'raw' });
     writeFileSync(join(small, 'filler1'), new Uint8Array(0));
     try {

@@ -1,19 +1,10 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TidemarkApp } from '../../src-main/app/app.js';
+import { appHarness } from '../helpers/apps.js';
 
-const apps: TidemarkApp[] = [];
-afterEach(async () => {
-  for (const a of apps.splice(0)) await a.close().catch(() => {});
-});
-
-async function start(dataDir: string) {
-  const app = await TidemarkApp.start({ dataDir, host: 'web' });
-  apps.push(app);
-  return app;
-}
+const { start, stop, crash } = appHarness();
 
 describe('sidecar bitmaps for raw drives (opt-in)', () => {
   it('survive a clean restart with their bits; a crash leaves them inconsistent; plain raw bitmaps are transient', async () => {
@@ -33,17 +24,14 @@ describe('sidecar bitmaps for raw drives (opt-in)', () => {
     await drive.write(0, new Uint8Array(1));
     await drive.write(5 << 20, new Uint8Array(200000));
     const count = drive.bitmaps.get('kept').count;
-    await app.close();
-    apps.pop();
+    await stop(app);
 
     app = await start(data);
     const after = app.bitmaps.list('r');
     expect(after.map((b) => b.name)).toEqual(['kept']);
     expect(after[0]).toMatchObject({ count, sidecar: true, inconsistent: false, recording: true });
     await app.engine.get('r')!.write(10 << 20, new Uint8Array(1));
-    // crash: nothing saved
-    apps.pop();
-    await app.engine.pool.close();
+    await crash(app);
 
     app = await start(data);
     expect(app.bitmaps.list('r')[0]).toMatchObject({ name: 'kept', inconsistent: true, recording: false, count: 0 });

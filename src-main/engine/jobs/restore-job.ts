@@ -114,6 +114,8 @@ export class RestoreJob extends Job {
     const worker = async () => {
       while (next < chunks.length) {
         await this.pausePoint();
+        // another worker may have taken the last chunk while we waited
+        if (next >= chunks.length) return;
         const { offset, length } = chunks[next++];
         let data: Uint8Array;
         try {
