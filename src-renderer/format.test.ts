@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { bitmapBits, bitmapMemory, GRANULARITIES } from './bitmap-math';
-import { formatDuration, formatEta, formatPercent, jobTitle, kindName, lowerFirst, pathParts } from './format';
+import { formatDay, formatDuration, formatEta, formatPercent, groupByDay, jobTitle, kindName, lowerFirst, pathParts } from './format';
 
 describe('bitmap memory', () => {
   it('is one bit per granule, rounded up to whole bytes (QEMU)', () => {
@@ -52,5 +52,23 @@ describe('format', () => {
 
   it('splits paths after each separator so they wrap there', () => {
     expect(pathParts('/var/lib/a.img')).toEqual(['/', 'var/', 'lib/', 'a.img']);
+  });
+});
+
+describe('days', () => {
+  const now = new Date(2026, 2, 5, 15, 0, 0);
+  const at = (day: number, hour: number) => new Date(2026, 2, day, hour, 0, 0).toISOString();
+
+  it('names today and yesterday, and spells out other days', () => {
+    expect(formatDay(at(5, 1), now)).toBe('Today');
+    expect(formatDay(at(4, 23), now)).toBe('Yesterday');
+    expect(formatDay(at(1, 12), now)).toMatch(/2026/);
+  });
+
+  it('groups by the local day and keeps the order it was given', () => {
+    const items = [at(5, 14), at(5, 9), at(4, 22), at(1, 8)];
+    const days = groupByDay(items, (t) => t, now);
+    expect(days.map((d) => d.label.slice(0, 9))).toEqual(['Today', 'Yesterday', formatDay(at(1, 8), now).slice(0, 9)]);
+    expect(days[0].items).toEqual([at(5, 14), at(5, 9)]);
   });
 });

@@ -56,6 +56,39 @@ export function formatTime(iso: string): string {
   return Number.isNaN(d.getTime()) ? iso : dateTime.format(d);
 }
 
+const timeOfDay = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium' });
+const longDay = new Intl.DateTimeFormat(undefined, { weekday: 'long', day: 'numeric', month: 'long', year: 'numeric' });
+
+/** ISO time → "14:02:11" in the reader's zone, for lists already grouped by day */
+export function formatTimeOfDay(iso: string): string {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : timeOfDay.format(d);
+}
+
+/** ISO time → "Today", "Yesterday" or "Thursday, March 5, 2026" */
+export function formatDay(iso: string, now: Date = new Date()): string {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  const day = (x: Date) => new Date(x.getFullYear(), x.getMonth(), x.getDate()).getTime();
+  const diff = Math.round((day(now) - day(d)) / 86_400_000);
+  if (diff === 0) return 'Today';
+  if (diff === 1) return 'Yesterday';
+  return longDay.format(d);
+}
+
+/** Items grouped by the reader's local day, in the order given (so newest first stays newest first). */
+export function groupByDay<T>(items: readonly T[], timeOf: (item: T) => string, now: Date = new Date()): { key: string; label: string; items: T[] }[] {
+  const out: { key: string; label: string; items: T[] }[] = [];
+  for (const item of items) {
+    const d = new Date(timeOf(item));
+    const key = Number.isNaN(d.getTime()) ? 'undated' : `${d.getFullYear()}-${d.getMonth() + 1}-${d.getDate()}`;
+    let group = out.find((g) => g.key === key);
+    if (!group) out.push((group = { key, label: key === 'undated' ? 'Undated' : formatDay(timeOf(item), now), items: [] }));
+    group.items.push(item);
+  }
+  return out;
+}
+
 const clock = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
 
 /** ms since epoch → "14:02", for chart axes over a short span */

@@ -99,7 +99,8 @@ export const useJobsStore = defineStore('jobs', () => {
     const started = Date.parse(job.startedAt);
     const took = Number.isNaN(started) ? '' : ` in ${formatDuration(Date.now() - started)}`;
     if (outcome === 'completed') {
-      const body = `${formatSize(job.bytesDone)} copied${took}.`;
+      // a restore's byte count includes verifying it: say what people care about instead
+      const body = job.kind === 'restore' ? `Restored and verified${took}.` : `${formatSize(job.bytesDone)} copied${took}.`;
       toasts.push('success', body, `${title} finished`);
       notifications.notify(`${title} finished`, body, job.id);
     } else if (outcome === 'failed') {
@@ -107,7 +108,8 @@ export const useJobsStore = defineStore('jobs', () => {
       toasts.push('error', body, `${title} failed`);
       notifications.notify(`${title} failed`, body, job.id);
     } else {
-      toasts.push('info', `${title} was cancelled after ${formatSize(job.bytesDone)}.`, 'Job cancelled');
+      const body = job.kind === 'restore' ? `${title} was cancelled.` : `${title} was cancelled after ${formatSize(job.bytesDone)}.`;
+      toasts.push('info', body, 'Job cancelled');
     }
   }
 
