@@ -22,8 +22,8 @@ export interface AppOptions {
   host: 'electron' | 'web';
   ioWorkers?: number;
   log?: (message: string) => void;
-  /** export every drive over NBD on `<dataDir>/nbd.sock` (owner-only), for VMs and tools */
-  nbd?: boolean;
+  /** export every drive over NBD on this unix socket (owner-only), for VMs and tools */
+  nbdSocket?: string;
 }
 
 /**
@@ -72,7 +72,7 @@ export class TidemarkApp {
           host: options.host,
           dataDir: options.dataDir,
           engine: { ioWorkers: this.engine.pool.size },
-          nbdSocket: this.nbd ? join(options.dataDir, 'nbd.sock') : null,
+          nbdSocket: this.nbd ? (options.nbdSocket ?? null) : null,
         }),
         'drives.list': () => this.drives.list(),
         'drives.create': (p) => this.drives.create(p),
@@ -143,9 +143,16 @@ export class TidemarkApp {
     const recovered = (await app.backups.recover()) + app.jobs.recover();
     if (recovered) options.log?.(`Recovered from an unclean stop: ${recovered} interrupted job(s) marked failed.`);
     await app.drives.openAll();
-    if (options.nbd) {
-      app.nbd = new NbdServer(app.engine, { log: options.log });
-      await app.nbd.listenUnix(join(options.dataDir, 'nbd.sock'));
+    if (options.nbdSocket) {
+      const nbd = new NbdServer(app.engine, { log: options.log });
+      try {
+        await nbd.listenUnix(options.nbdSocket);
+        app.nbd = nbd;
+      } catch (err) {
+        // the app works without it (e.g. a socket path beyond the 107-byte limit): say so, go on
+        await nbd.close().catch(() => {});
+        options.log?.(`NBD export socket '${options.nbdSocket}' unavailable: ${err instanceof Error ? err.message : String(err)}`);
+      }
     }
     return app;
   }

@@ -98,15 +98,17 @@ export class RestoreService {
     const dataBytes = chainProblem ? 0 : await this.dataBytes(at.point.file);
     const folder = target.kind === 'file' ? dirname(resolve(target.path)) : dirname(this.driveOrThrow(driveId).driver.path);
     const free = await freeSpace(folder).catch(() => 0);
-    const spaceOk = free >= dataBytes * 1.05 + SPACE_MARGIN;
+    const spaceOk = !chainProblem && free >= dataBytes * 1.05 + SPACE_MARGIN;
     checks.push({
       id: 'space',
       label: 'Free space at the target',
       ok: spaceOk,
-      detail: `${mib(free)} free in '${folder}'; the restore needs about ${mib(dataBytes)}${spaceOk ? '.' : ` plus a margin of ${mib(SPACE_MARGIN)}.`}`,
+      detail: chainProblem
+        ? `${mib(free)} free in '${folder}'; how much the restore needs can't be told until the chain is sound.`
+        : `${mib(free)} free in '${folder}'; the restore needs about ${mib(dataBytes)}${spaceOk ? '.' : ` plus a margin of ${mib(SPACE_MARGIN)}.`}`,
     });
 
-    checks.push(await this.targetCheck(driveId, target, folder));
+    checks.push(await this.targetCheck(driveId, n, target, folder));
 
     if (target.kind === 'in-place') {
       const drive = this.engine.get(driveId);
@@ -124,12 +126,17 @@ export class RestoreService {
     return { ok: checks.every((c) => c.ok), checks, dataBytes, restorable: await this.restorable(driveId) };
   }
 
-  private async targetCheck(driveId: string, target: RestoreTarget, folder: string): Promise<Preflight['checks'][number]> {
+  private async targetCheck(driveId: string, n: number, target: RestoreTarget, folder: string): Promise<Preflight['checks'][number]> {
     const label = 'Target writable';
     if (target.kind === 'in-place') {
       const drive = this.engine.get(driveId);
       if (!drive) return { id: 'target', label, ok: false, detail: `Drive '${driveId}' is not online, so it cannot be restored in place.` };
-      return { id: 'target', label, ok: !drive.driver.readOnly, detail: drive.driver.readOnly ? 'The drive is read-only.' : `'${drive.driver.path}' will be overwritten with the restored contents.` };
+      if (drive.driver.readOnly) return { id: 'target', label, ok: false, detail: 'The drive is read-only.' };
+      const point = this.locate(driveId, n);
+      if (point.point.virtualSize !== drive.virtualSize) {
+        return { id: 'target', label, ok: false, detail: `The drive is ${drive.virtualSize} bytes and the backup ${point.point.virtualSize}: an in-place restore needs the same size; restore to a new file instead.` };
+      }
+      return { id: 'target', label, ok: true, detail: `'${drive.driver.path}' will be overwritten with the restored contents.` };
     }
     const path = resolve(target.path);
     const dirOk = await stat(folder).then((s) => s.isDirectory(), () => false);
@@ -139,6 +146,9 @@ export class RestoreService {
     const exists = await stat(path).then(() => true, () => false);
     if (exists && !target.force) return { id: 'target', label, ok: false, detail: `'${path}' already exists; choose another name, or allow overwriting it.` };
     if (this.engine.list().some((d) => resolve(d.driver.path) === path)) return { id: 'target', label, ok: false, detail: `'${path}' is an attached drive; restore in place instead.` };
+    if (target.attachAs && (this.engine.get(target.attachAs) || (await this.drives.list()).some((d) => d.id === target.attachAs))) {
+      return { id: 'target', label, ok: false, detail: `A drive with id '${target.attachAs}' already exists; choose another id to attach the restored image as.` };
+    }
     return { id: 'target', label, ok: true, detail: exists ? `'${path}' will be replaced (you allowed it).` : `A new ${target.format} file '${path}'.` };
   }
 

@@ -130,8 +130,8 @@ export abstract class Job {
     let failure: unknown;
     try {
       this.busy = true;
+      // a cancel that arrives after the work is done does not undo it (QEMU: it still completes)
       await this.run();
-      if (this.cancelled) throw new JobCancelled();
     } catch (err) {
       failure = err;
     } finally {

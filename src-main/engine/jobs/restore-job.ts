@@ -96,6 +96,8 @@ export class RestoreJob extends Job {
     await this.target.close();
     this.target = undefined;
     const report: RestoreReport = { target: c.inPlace ? c.inPlace.driver.path : c.targetPath, format: c.format, virtualSize: size, dataBytes, sourceHash, restoredHash, verified: true };
+    // the last moment a cancel can still take effect: after this the result is in place
+    await this.pausePoint();
     if (c.inPlace) {
       report.changedBytes = await this.apply(c.inPlace);
       await unlink(this.partial);
@@ -181,12 +183,18 @@ export class RestoreJob extends Job {
       while (ahead.length < PARALLEL * 2 && next < pieces.length) ahead.push(read(pieces[next++]));
     };
     fill();
+    let sinceYield = 0;
     for (const p of pieces) {
       await this.pausePoint();
       const data = await ahead.shift()!;
       fill();
       hash.update(data ?? zeros.subarray(0, p.length));
       this.current += p.length / 2;
+      // zero pieces resolve at once: give the event loop (requests, progress, cancel) a turn now and then
+      if ((sinceYield += p.length) >= 16 * CHUNK) {
+        sinceYield = 0;
+        await new Promise((r) => setImmediate(r));
+      }
     }
     return hash.digest('hex');
   }

@@ -1,9 +1,8 @@
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { TidemarkApp, AppOptions } from '../../app/app.js';
 import { WebHost } from '../web/web-host.js';
 import { rendererDir } from '../web/static-files.js';
 import { QmpServer } from '../../engine/protocols/qmp/server.js';
-import { NbdServer } from '../../engine/protocols/nbd/server.js';
 import { parseKeyValues, UsageError, type ParsedArgs } from './args.js';
 
 function parseWeb(text: string): { host: string; port: number } {
@@ -37,26 +36,21 @@ export async function serve(args: ParsedArgs, dataDir: string, start: (o: AppOpt
   });
 
   const log = (m: string) => process.stderr.write(`${m}\n`);
-  // the app's own NBD socket in the data dir, unless --nbd names one
-  const app = await start({ dataDir: resolve(dataDir), host: 'web', log, nbd: !nbdPath });
+  // every drive is served over NBD: on --nbd's socket, or on the app's own in the data dir
+  const app = await start({ dataDir: resolve(dataDir), host: 'web', log, nbdSocket: nbdPath ?? join(resolve(dataDir), 'nbd.sock') });
   let host: WebHost | undefined;
   let qmp: QmpServer | undefined;
-  let nbd: NbdServer | undefined;
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       await qmp?.close();
-      await nbd?.close();
       await host?.stop();
       await app.close();
     })());
 
   try {
+    if (nbdPath && !app.nbd) throw new Error(`Could not listen for NBD on '${nbdPath}' (see the message above).`);
     for (const d of drives) await app.drives.attachSessionDrive(d.id, d.file, d.format, d.discard);
-    if (nbdPath) {
-      nbd = new NbdServer(app.engine, { log });
-      await nbd.listenUnix(nbdPath);
-    }
     if (qmpPath) {
       qmp = new QmpServer(app.engine, { path: qmpPath, log, onQuit: () => stop() });
       await qmp.listen();

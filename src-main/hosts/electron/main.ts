@@ -53,7 +53,8 @@ async function boot(): Promise<void> {
     callback({ responseHeaders: { ...details.responseHeaders, 'Content-Security-Policy': [CSP] } });
   });
   session.defaultSession.setPermissionRequestHandler((_wc, permission, callback) => callback(permission === 'notifications'));
-  tidemark = await TidemarkApp.start({ dataDir: defaultDataDir(), host: 'electron', log: (m) => console.error(m), nbd: true });
+  const dataDir = defaultDataDir();
+  tidemark = await TidemarkApp.start({ dataDir, host: 'electron', log: (m) => console.error(m), nbdSocket: join(dataDir, 'nbd.sock') });
   const core = tidemark;
   ipcMain.handle(IPC_REQUEST_CHANNEL, async (event, envelope: unknown) => {
     if (!trustedSender(event)) return { type: 'response', id: 0, ok: false, error: { code: 'UNAUTHORIZED', message: 'Request from an unknown page refused.' } };
