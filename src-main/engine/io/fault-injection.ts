@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import type { FileHandle, FileOpener, HostExtent } from './file-handle.js';
+import type { FileHandle, FileOpener, HostExtent, ReadSegment } from './file-handle.js';
 import { FileError } from './file-errors.js';
 
 /**
@@ -77,6 +77,14 @@ class FaultyFile implements FileHandle {
   pread(position: number, length: number): Promise<Uint8Array> {
     this.injector.check(this.path, 'read', position, length);
     return this.inner.pread(position, length);
+  }
+  async preadv(segments: readonly ReadSegment[], length: number): Promise<Uint8Array> {
+    // each range counts (and may fail) as the read it replaces
+    for (const s of segments) this.injector.check(this.path, 'read', s.position, s.length);
+    if (this.inner.preadv) return this.inner.preadv(segments, length);
+    const out = new Uint8Array(length);
+    for (const s of segments) out.set(await this.inner.pread(s.position, s.length), s.at);
+    return out;
   }
   pwrite(position: number, data: Uint8Array): Promise<void> {
     this.injector.check(this.path, 'write', position, data.length);

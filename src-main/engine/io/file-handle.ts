@@ -9,7 +9,16 @@ export interface FileHandle {
   readonly readOnly: boolean;
   /** Reads up to `length` bytes at `position`; bytes past EOF read as zeros. Returns a new buffer of exactly `length`. */
   pread(position: number, length: number): Promise<Uint8Array>;
-  /** Writes all of `data` at `position` (extends the file when needed). */
+  /**
+   * Reads several ranges of the file into one new buffer of `length` bytes: segment k's bytes
+   * land at its `at`; everything else (and anything past EOF) reads as zeros. Optional: one
+   * request instead of one per range; callers fall back to pread where it is missing.
+   */
+  preadv?(segments: readonly ReadSegment[], length: number): Promise<Uint8Array>;
+  /**
+   * Writes all of `data` at `position` (extends the file when needed). The caller must not
+   * change `data` until the promise settles.
+   */
   pwrite(position: number, data: Uint8Array): Promise<void>;
   /** Current file length in bytes. */
   size(): Promise<number>;
@@ -22,6 +31,13 @@ export interface FileHandle {
    */
   allocation(position: number, length: number): Promise<HostExtent[]>;
   close(): Promise<void>;
+}
+
+/** `length` bytes of the file at `position`, for the buffer at offset `at` (see FileHandle.preadv). */
+export interface ReadSegment {
+  position: number;
+  length: number;
+  at: number;
 }
 
 export interface HostExtent {

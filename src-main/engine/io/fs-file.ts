@@ -1,6 +1,6 @@
 import { open, type FileHandle as NodeFileHandle } from 'node:fs/promises';
 import { constants } from 'node:fs';
-import type { FileHandle, FileOpener, HostExtent } from './file-handle.js';
+import type { FileHandle, FileOpener, HostExtent, ReadSegment } from './file-handle.js';
 import { fileErrorToTidemark } from './file-errors.js';
 
 /**
@@ -23,6 +23,20 @@ export class FsFile implements FileHandle {
       if (bytesRead === 0) break; // EOF: the rest stays zero
       done += bytesRead;
     }
+    return buf;
+  }
+
+  async preadv(segments: readonly ReadSegment[], length: number): Promise<Uint8Array> {
+    const buf = new Uint8Array(length);
+    await Promise.all(
+      segments.map(async (seg) => {
+        for (let done = 0; done < seg.length; ) {
+          const { bytesRead } = await this.fh.read(buf, seg.at + done, seg.length - done, seg.position + done).catch(this.fail('read'));
+          if (bytesRead === 0) break; // EOF: the rest stays zero
+          done += bytesRead;
+        }
+      }),
+    );
     return buf;
   }
 

@@ -1,64 +1,186 @@
 // One I/O worker: blocking pread/pwrite/fsync on file descriptors the main thread opened.
 // Blocking here is the point: it keeps the main thread (QMP, NBD, UI events) from ever waiting on disk.
-import { parentPort } from 'node:worker_threads';
-import { readSync, writeSync, fsyncSync } from 'node:fs';
+// Requests arrive in a shared ring (see io-protocol.ts); this thread never returns to its event loop.
+import { receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { fsyncSync, readSync, readvSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import type { IoReply, IoRequest } from './io-protocol.js';
+import {
+  CTRL_COMPLETED,
+  CTRL_SLEEPING,
+  CTRL_SUBMITTED,
+  F_LENGTH,
+  F_POSITION,
+  OP_FSYNC,
+  OP_PREAD_PORT,
+  OP_PREAD_SLAB,
+  OP_PREADV,
+  OP_PWRITE_PORT,
+  OP_PWRITE_SLAB,
+  OP_SHA256,
+  S_AUX_LEN,
+  S_DATA,
+  S_FD,
+  S_OP,
+  S_RESULT,
+  S_STATUS,
+  SLOTS,
+  putAux,
+  type PortMessage,
+  type WorkerInit,
+} from './io-protocol.js';
 
-if (!parentPort) throw new Error('io-worker must run as a worker thread');
-const port = parentPort;
+const init = workerData as WorkerInit | undefined;
+if (!init?.ctrl) throw new Error('io-worker must run as an I/O pool worker thread');
+
+const ctrl = new Int32Array(init.ctrl);
+const i32 = new Int32Array(init.slots);
+const f64 = new Float64Array(init.slots);
+const slotBytes = new Uint8Array(init.slots);
+const slab = new Uint8Array(init.slab);
+const slabF64 = new Float64Array(init.slab);
+const port = init.port;
 
 const HASH_CHUNK = 4 << 20;
+let hashBuf: Uint8Array | undefined;
 
-function preadFull(fd: number, buf: Uint8Array, position: number): void {
+/** Reads until `buf` is full or EOF; returns the bytes read (the caller zeroes the rest). */
+function preadFull(fd: number, buf: Uint8Array, position: number): number {
   let done = 0;
   while (done < buf.length) {
     const n = readSync(fd, buf, done, buf.length - done, position + done);
-    if (n === 0) break; // EOF: the rest stays zero
+    if (n === 0) break;
     done += n;
   }
+  return done;
 }
 
-function handle(req: IoRequest): IoReply {
-  switch (req.op) {
-    case 'pread': {
-      const buf = new Uint8Array(req.length);
-      preadFull(req.fd, buf, req.position);
-      return { id: req.id, ok: true, data: buf.buffer };
+/**
+ * Scatter read into a fresh buffer: segments that follow each other in the file go out as one
+ * preadv (one syscall, the iovecs pointing into the buffer); the gaps are zeroed.
+ */
+function preadv(fd: number, length: number, segAt: number, count: number): Uint8Array<ArrayBuffer> {
+  const buf = new Uint8Array(Buffer.allocUnsafeSlow(length).buffer as ArrayBuffer, 0, length);
+  const base = segAt / 8;
+  const seg = (k: number) => ({ position: slabF64[base + k * 3], length: slabF64[base + k * 3 + 1], at: slabF64[base + k * 3 + 2] });
+  // zero what no segment covers (segments come sorted by `at` and do not overlap)
+  let covered = 0;
+  for (let k = 0; k < count; k++) {
+    const s = seg(k);
+    if (s.at > covered) buf.fill(0, covered, s.at);
+    covered = s.at + s.length;
+  }
+  if (covered < length) buf.fill(0, covered);
+  for (let k = 0; k < count; ) {
+    const first = seg(k);
+    const views = [buf.subarray(first.at, first.at + first.length)];
+    let end = first.position + first.length;
+    let j = k + 1;
+    for (; j < count && views.length < 1024; j++) {
+      const s = seg(j);
+      if (s.position !== end) break;
+      views.push(buf.subarray(s.at, s.at + s.length));
+      end += s.length;
     }
-    case 'pwrite': {
-      const data = new Uint8Array(req.data);
-      let done = 0;
-      while (done < data.length) done += writeSync(req.fd, data, done, data.length - done, req.position + done);
-      return { id: req.id, ok: true };
-    }
-    case 'fsync':
-      fsyncSync(req.fd);
-      return { id: req.id, ok: true };
-    case 'sha256': {
-      const hash = createHash('sha256');
-      const buf = new Uint8Array(Math.min(HASH_CHUNK, Math.max(1, req.length)));
-      for (let at = 0; at < req.length; ) {
-        const n = Math.min(buf.length, req.length - at);
-        const view = buf.subarray(0, n);
-        view.fill(0);
-        preadFull(req.fd, view, req.position + at);
-        hash.update(view);
-        at += n;
+    const want = end - first.position;
+    const got = views.length === 1 ? preadFull(fd, views[0], first.position) : readvSync(fd, views, first.position);
+    if (got < want) {
+      // a short read (EOF, or a partial read): finish view by view
+      let at = first.position;
+      for (const v of views) {
+        const n = Math.min(v.length, Math.max(0, got - (at - first.position)));
+        if (n < v.length) v.fill(0, n + preadFull(fd, v.subarray(n), at + n));
+        at += v.length;
       }
-      return { id: req.id, ok: true, hex: hash.digest('hex') };
     }
+    k = j;
+  }
+  return buf;
+}
+
+function pwriteFull(fd: number, data: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < data.length) done += writeSync(fd, data, done, data.length - done, position + done);
+}
+
+function sha256(fd: number, position: number, length: number): string {
+  const hash = createHash('sha256');
+  hashBuf ??= new Uint8Array(HASH_CHUNK);
+  for (let at = 0; at < length; ) {
+    const n = Math.min(HASH_CHUNK, length - at);
+    const view = hashBuf.subarray(0, n);
+    view.fill(0, preadFull(fd, view, position + at));
+    hash.update(view);
+    at += n;
+  }
+  return hash.digest('hex');
+}
+
+function serve(slot: number): void {
+  const ib = slot * 32;
+  const fb = slot * 16;
+  const fd = i32[ib + S_FD];
+  const position = f64[fb + F_POSITION];
+  const length = f64[fb + F_LENGTH];
+  const at = i32[ib + S_DATA];
+  try {
+    switch (i32[ib + S_OP]) {
+      case OP_PREAD_SLAB:
+        i32[ib + S_RESULT] = preadFull(fd, slab.subarray(at, at + length), position);
+        break;
+      case OP_PREAD_PORT: {
+        // a fresh buffer of our own: its page faults are paid here, not on the main thread
+        const buf = new Uint8Array(Buffer.allocUnsafeSlow(length).buffer, 0, length);
+        buf.fill(0, preadFull(fd, buf, position));
+        port.postMessage({ data: buf.buffer } satisfies PortMessage, [buf.buffer]);
+        break;
+      }
+      case OP_PREADV: {
+        const buf = preadv(fd, length, at, i32[ib + S_RESULT]);
+        port.postMessage({ data: buf.buffer } satisfies PortMessage, [buf.buffer]);
+        break;
+      }
+      case OP_PWRITE_SLAB:
+        pwriteFull(fd, slab.subarray(at, at + length), position);
+        break;
+      case OP_PWRITE_PORT: {
+        const m = receiveMessageOnPort(port)?.message as PortMessage | undefined;
+        if (!m) throw Object.assign(new Error('write data missing'), { code: 'EIO' });
+        pwriteFull(fd, new Uint8Array(m.data), position);
+        break;
+      }
+      case OP_FSYNC:
+        fsyncSync(fd);
+        break;
+      case OP_SHA256:
+        i32[ib + S_AUX_LEN] = putAux(slotBytes, slot, sha256(fd, position, length));
+        break;
+      default:
+        throw Object.assign(new Error('unknown request'), { code: 'EINVAL' });
+    }
+    i32[ib + S_STATUS] = 0;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    i32[ib + S_STATUS] = 1;
+    i32[ib + S_AUX_LEN] = putAux(slotBytes, slot, typeof code === 'string' ? code : 'EIO');
   }
 }
 
-port.on('message', (req: IoRequest) => {
-  let reply: IoReply;
-  try {
-    reply = handle(req);
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    reply = { id: req.id, ok: false, errno: e.code ?? 'EIO', message: e.message };
+let done = 0;
+for (;;) {
+  let submitted = Atomics.load(ctrl, CTRL_SUBMITTED);
+  if (submitted === done) {
+    // announce the sleep, then look once more: a request published in between is not missed
+    // (the main thread notifies only when it takes SLEEPING down from 1)
+    Atomics.store(ctrl, CTRL_SLEEPING, 1);
+    submitted = Atomics.load(ctrl, CTRL_SUBMITTED);
+    if (submitted === done) Atomics.wait(ctrl, CTRL_SUBMITTED, done);
+    Atomics.store(ctrl, CTRL_SLEEPING, 0);
+    continue;
   }
-  if (reply.ok && reply.data) port.postMessage(reply, [reply.data]);
-  else port.postMessage(reply);
-});
+  while (done !== submitted) {
+    serve(done & (SLOTS - 1));
+    done = (done + 1) | 0;
+    Atomics.store(ctrl, CTRL_COMPLETED, done);
+    Atomics.notify(ctrl, CTRL_COMPLETED);
+  }
+}

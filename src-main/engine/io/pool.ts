@@ -1,9 +1,34 @@
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { open as openCb, close as closeCb, fstat as fstatCb, ftruncate as ftruncateCb, constants } from 'node:fs';
 import { promisify } from 'node:util';
-import type { FileHandle, FileOpener, HostExtent } from './file-handle.js';
-import type { IoReply, IoRequest } from './io-protocol.js';
+import type { FileHandle, FileOpener, HostExtent, ReadSegment } from './file-handle.js';
+import {
+  CTRL_BYTES,
+  CTRL_COMPLETED,
+  CTRL_SLEEPING,
+  CTRL_SUBMITTED,
+  F_LENGTH,
+  F_POSITION,
+  OP_FSYNC,
+  OP_PREAD_PORT,
+  OP_PREAD_SLAB,
+  OP_PREADV,
+  OP_PWRITE_PORT,
+  OP_PWRITE_SLAB,
+  OP_SHA256,
+  S_AUX_LEN,
+  S_DATA,
+  S_FD,
+  S_OP,
+  S_RESULT,
+  S_STATUS,
+  SLOT_BYTES,
+  SLOTS,
+  getAux,
+  type PortMessage,
+  type WorkerInit,
+} from './io-protocol.js';
 import { FileError, fileErrorToTidemark } from './file-errors.js';
 import { ioWorkerPath } from './worker-path.js';
 
@@ -12,35 +37,280 @@ const closeAsync = promisify(closeCb);
 const fstatAsync = promisify(fstatCb);
 const ftruncateAsync = promisify(ftruncateCb);
 
-type Pending = { resolve: (r: IoReply & { ok: true }) => void; reject: (e: IoReply & { ok: false }) => void };
+/** Bytes of each worker's data ring (shared memory, resident once touched). */
+const SLAB_BYTES = 8 << 20;
+/** Writes up to this size are copied into the slab; larger ones travel as a transferred copy. */
+const WRITE_SLAB_MAX = 2 << 20;
+/**
+ * Reads up to this size land in the slab and are copied out into a fresh buffer on the main
+ * thread; larger ones come back as a buffer the worker allocated (its page faults are then
+ * paid on the worker, and the main thread copies nothing).
+ */
+const READ_SLAB_MAX = 16 << 10;
 
-// Distributes blocking I/O over worker threads
-type RequestBody = IoRequest extends infer R ? (R extends IoRequest ? Omit<R, 'id'> : never) : never;
+/** A request as the pool takes it (the `op` names are what diagnostics count). */
+export type IoRequestBody =
+  | { op: 'pread'; fd: number; position: number; length: number }
+  | { op: 'preadv'; fd: number; segments: readonly ReadSegment[]; length: number }
+  | { op: 'pwrite'; fd: number; position: number; data: Uint8Array }
+  | { op: 'fsync'; fd: number }
+  | { op: 'sha256'; fd: number; position: number; length: number };
+
+export interface IoResult {
+  data?: Uint8Array;
+  hex?: string;
+}
+
+/** How a request fails: the errno name (e.g. ENOSPC), as the worker saw it. */
+export interface IoFailure {
+  errno: string;
+  message: string;
+}
+
+type WaitAsync = (view: Int32Array, index: number, value: number) => { async: boolean; value: Promise<unknown> | string };
+const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
+
+/** A private copy in a buffer of its own (Buffer#slice would return a view, hence not `slice`). */
+function ownCopy(data: Uint8Array): Uint8Array {
+  const copy = freshBuffer(data.length);
+  copy.set(data);
+  return copy;
+}
+
+/** A fresh buffer of `n` bytes whose contents the caller overwrites (no zero-fill for large ones). */
+function freshBuffer(n: number): Uint8Array {
+  return n >= 1024 ? new Uint8Array(Buffer.allocUnsafeSlow(n).buffer, 0, n) : new Uint8Array(n);
+}
+
+interface Request {
+  op: number;
+  fd: number;
+  position: number;
+  length: number;
+  /** pwrite: the caller's bytes, or (`owned`) a private copy made while the request waited */
+  data?: Uint8Array;
+  owned: boolean;
+  /** preadv: the segments (copied into the slab when the request starts) */
+  segments?: readonly ReadSegment[];
+  resolve: (r: IoResult) => void;
+  reject: (e: IoFailure) => void;
+  /** slab region: where, and how much of the ring it used (including a skipped tail) */
+  slabAt: number;
+  slabUsed: number;
+}
+
+/** The main thread's end of one worker (see io-protocol.ts for the layout). */
+class Channel {
+  readonly worker: Worker;
+  private readonly ctrl: Int32Array;
+  private readonly i32: Int32Array;
+  private readonly f64: Float64Array;
+  private readonly slotBytes: Uint8Array;
+  private readonly slab: Uint8Array;
+  private readonly slabF64: Float64Array;
+  private readonly port: MessagePort;
+  private submitted = 0;
+  private completed = 0;
+  private readonly inflight: (Request | undefined)[] = new Array<Request | undefined>(SLOTS);
+  /** requests waiting for a slot or slab space, in order */
+  private queue: Request[] = [];
+  private slabHead = 0;
+  private slabTail = 0;
+  private armed = false;
+  private dead: IoFailure | undefined;
+
+  constructor(script: string, onFatal: (err: unknown) => void) {
+    const ctrl = new SharedArrayBuffer(CTRL_BYTES);
+    const slots = new SharedArrayBuffer(SLOTS * SLOT_BYTES);
+    const slab = new SharedArrayBuffer(SLAB_BYTES);
+    this.ctrl = new Int32Array(ctrl);
+    this.i32 = new Int32Array(slots);
+    this.f64 = new Float64Array(slots);
+    this.slotBytes = new Uint8Array(slots);
+    this.slab = new Uint8Array(slab);
+    this.slabF64 = new Float64Array(slab);
+    const { port1, port2 } = new MessageChannel();
+    this.port = port1;
+    this.port.unref();
+    const init: WorkerInit = { ctrl, slots, slab, port: port2 };
+    this.worker = new Worker(script, { workerData: init, transferList: [port2] });
+    this.worker.on('error', (err) => onFatal(err));
+    this.worker.on('exit', (code) => onFatal(new Error(`I/O worker exited (${code})`)));
+    // a worker with nothing pending must not keep the process alive
+    this.worker.unref();
+  }
+
+  /** requests in flight or waiting here */
+  get load(): number {
+    return ((this.submitted - this.completed) | 0) + this.queue.length;
+  }
+
+  /** Starts a request now if there is room, else queues it (a write's bytes are copied first). */
+  add(req: Request): void {
+    if (this.dead) {
+      req.reject(this.dead);
+      return;
+    }
+    if (this.queue.length === 0 && this.tryStart(req)) return;
+    // the caller may reuse its buffer once pwrite() returns: keep a private copy while waiting
+    if (req.data) {
+      req.data = ownCopy(req.data);
+      req.owned = true;
+    }
+    this.queue.push(req);
+  }
+
+  private tryStart(req: Request): boolean {
+    if (((this.submitted - this.completed) | 0) >= SLOTS) return false;
+    const bytes = req.op === OP_PREAD_SLAB || req.op === OP_PWRITE_SLAB ? req.length : req.op === OP_PREADV ? req.segments!.length * 24 : 0;
+    // regions start 8-aligned (segment lists are read as float64)
+    const need = (bytes + 7) & ~7;
+    if (need > 0) {
+      if (this.slabHead === this.slabTail) this.slabHead = this.slabTail = 0;
+      const at = this.slabHead % SLAB_BYTES;
+      const skip = at + need > SLAB_BYTES ? SLAB_BYTES - at : 0;
+      if (this.slabHead - this.slabTail + skip + need > SLAB_BYTES) return false;
+      req.slabAt = skip ? 0 : at;
+      req.slabUsed = skip + need;
+      this.slabHead += skip + need;
+    }
+    const slot = this.submitted & (SLOTS - 1);
+    const ib = slot * 32;
+    const fb = slot * 16;
+    this.i32[ib + S_OP] = req.op;
+    this.i32[ib + S_FD] = req.fd;
+    this.i32[ib + S_DATA] = req.slabAt;
+    this.f64[fb + F_POSITION] = req.position;
+    this.f64[fb + F_LENGTH] = req.length;
+    if (req.op === OP_PWRITE_SLAB) {
+      this.slab.set(req.data!, req.slabAt);
+      req.data = undefined;
+    } else if (req.op === OP_PREADV) {
+      const segs = req.segments!;
+      const base = req.slabAt / 8;
+      for (let k = 0; k < segs.length; k++) {
+        this.slabF64[base + k * 3] = segs[k].position;
+        this.slabF64[base + k * 3 + 1] = segs[k].length;
+        this.slabF64[base + k * 3 + 2] = segs[k].at;
+      }
+      this.i32[ib + S_RESULT] = segs.length;
+      req.segments = undefined;
+    } else if (req.op === OP_PWRITE_PORT) {
+      // the caller keeps its buffer (and a view of a pooled Buffer cannot be transferred): send a copy
+      const copy = req.owned ? req.data! : ownCopy(req.data!);
+      const buffer = copy.buffer as ArrayBuffer;
+      this.port.postMessage({ data: buffer } satisfies PortMessage, [buffer]);
+      req.data = undefined;
+    }
+    this.inflight[slot] = req;
+    if (this.submitted === this.completed) this.worker.ref();
+    this.submitted = (this.submitted + 1) | 0;
+    Atomics.store(this.ctrl, CTRL_SUBMITTED, this.submitted);
+    // wake the worker if it sleeps; taking the flag down ourselves spares the requests that
+    // follow in this burst a second (costly) notify while it is still waking up
+    if (Atomics.compareExchange(this.ctrl, CTRL_SLEEPING, 1, 0) === 1) Atomics.notify(this.ctrl, CTRL_SUBMITTED);
+    this.arm();
+    return true;
+  }
+
+  private arm(): void {
+    if (this.armed) return;
+    this.armed = true;
+    const r = waitAsync(this.ctrl, CTRL_COMPLETED, this.completed);
+    if (r.async) void (r.value as Promise<unknown>).then(this.wake);
+    else queueMicrotask(this.wake);
+  }
+
+  private readonly wake = (): void => {
+    this.armed = false;
+    if (this.dead) return;
+    const done = Atomics.load(this.ctrl, CTRL_COMPLETED);
+    while (this.completed !== done) {
+      const slot = this.completed & (SLOTS - 1);
+      const req = this.inflight[slot]!;
+      this.inflight[slot] = undefined;
+      this.completed = (this.completed + 1) | 0;
+      this.finish(slot, req);
+    }
+    while (this.queue.length > 0 && this.tryStart(this.queue[0])) this.queue.shift();
+    if (this.submitted !== this.completed) this.arm();
+    else this.worker.unref();
+  };
+
+  private finish(slot: number, req: Request): void {
+    const ib = slot * 32;
+    this.slabTail += req.slabUsed;
+    if (this.i32[ib + S_STATUS] !== 0) {
+      const errno = getAux(this.slotBytes, slot, this.i32[ib + S_AUX_LEN]);
+      req.reject({ errno, message: errno });
+      return;
+    }
+    switch (req.op) {
+      case OP_PREAD_SLAB: {
+        const n = this.i32[ib + S_RESULT];
+        const out = freshBuffer(req.length);
+        out.set(this.slab.subarray(req.slabAt, req.slabAt + n));
+        if (n < req.length) out.fill(0, n);
+        req.resolve({ data: out });
+        return;
+      }
+      case OP_PREAD_PORT:
+      case OP_PREADV: {
+        const m = receiveMessageOnPort(this.port)?.message as PortMessage | undefined;
+        if (!m) req.reject({ errno: 'EIO', message: 'read data missing' });
+        else req.resolve({ data: new Uint8Array(m.data) });
+        return;
+      }
+      case OP_SHA256:
+        req.resolve({ hex: getAux(this.slotBytes, slot, this.i32[ib + S_AUX_LEN]) });
+        return;
+      default:
+        req.resolve({});
+    }
+  }
+
+  /** Fails everything pending here, and every later request. */
+  fail(failure: IoFailure): void {
+    if (this.dead) return;
+    this.dead = failure;
+    for (let i = 0; i < SLOTS; i++) {
+      const req = this.inflight[i];
+      this.inflight[i] = undefined;
+      req?.reject(failure);
+    }
+    for (const req of this.queue.splice(0)) req.reject(failure);
+    this.worker.unref();
+  }
+
+  close(): Promise<number> {
+    this.fail({ errno: 'EIO', message: 'I/O pool is closed' });
+    this.port.close();
+    return this.worker.terminate();
+  }
+}
 
 /**
  * A pool of worker threads doing blocking file I/O. Requests go to the least-busy worker, so
  * independent requests run in parallel; ordering between requests is the caller's business
  * (the format drivers lock what must not overlap).
+ *
+ * Requests and completions travel through shared memory (io-protocol.ts), not messages: a
+ * request costs the main thread a few stores (plus a wake-up when its worker sleeps), a small
+ * write one copy into the worker's data ring, a small read one copy out of it.
  */
 export class IoPool implements FileOpener {
   readonly size: number;
-  private readonly workers: Worker[] = [];
-  private readonly inFlight: number[] = [];
-  private readonly pending = new Map<number, Pending>();
-  private nextId = 1;
+  private readonly channels: Channel[] = [];
   private closed = false;
 
   constructor(size = IoPool.defaultSize()) {
     this.size = size;
     const script = ioWorkerPath();
     for (let i = 0; i < size; i++) {
-      const w = new Worker(script);
-      w.on('message', (reply: IoReply) => this.settle(i, reply));
-      w.on('error', (err) => this.failAll(err));
-      // a worker with nothing pending must not keep the process alive
-      w.unref();
-      this.workers.push(w);
-      this.inFlight.push(0);
+      const ch: Channel = new Channel(script, (err) => {
+        if (!this.closed) ch.fail({ errno: 'EIO', message: String(err) });
+      });
+      this.channels.push(ch);
     }
   }
 
@@ -52,16 +322,39 @@ export class IoPool implements FileOpener {
     return Math.max(2, Math.min(4, availableParallelism()));
   }
 
-  run(body: RequestBody, transfer: ArrayBuffer[] = []): Promise<IoReply & { ok: true }> {
-    if (this.closed) return Promise.reject(new Error('I/O pool is closed'));
-    let best = 0;
-    for (let i = 1; i < this.workers.length; i++) if (this.inFlight[best] > this.inFlight[i]) best = i;
-    const id = this.nextId++;
-    const req = { ...body, id } as IoRequest;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      if (this.inFlight[best]++ === 0) this.workers[best].ref();
-      this.workers[best].postMessage(req, transfer);
+  run(body: IoRequestBody): Promise<IoResult> {
+    if (this.closed) return Promise.reject<IoResult>({ errno: 'EIO', message: 'I/O pool is closed' } satisfies IoFailure);
+    let best = this.channels[0];
+    for (let i = 1; i < this.channels.length; i++) if (this.channels[i].load < best.load) best = this.channels[i];
+    return new Promise<IoResult>((resolve, reject) => {
+      const req: Request = { op: 0, fd: body.fd, position: 0, length: 0, owned: false, resolve, reject, slabAt: 0, slabUsed: 0 };
+      switch (body.op) {
+        case 'pread':
+          req.op = body.length <= READ_SLAB_MAX ? OP_PREAD_SLAB : OP_PREAD_PORT;
+          req.position = body.position;
+          req.length = body.length;
+          break;
+        case 'pwrite':
+          req.op = body.data.length <= WRITE_SLAB_MAX ? OP_PWRITE_SLAB : OP_PWRITE_PORT;
+          req.position = body.position;
+          req.length = body.data.length;
+          req.data = body.data;
+          break;
+        case 'preadv':
+          req.op = OP_PREADV;
+          req.length = body.length;
+          req.segments = body.segments;
+          break;
+        case 'fsync':
+          req.op = OP_FSYNC;
+          break;
+        case 'sha256':
+          req.op = OP_SHA256;
+          req.position = body.position;
+          req.length = body.length;
+          break;
+      }
+      best.add(req);
     });
   }
 
@@ -91,23 +384,7 @@ export class IoPool implements FileOpener {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all(this.workers.map((w) => w.terminate()));
-  }
-
-  private settle(worker: number, reply: IoReply): void {
-    if (--this.inFlight[worker] === 0) this.workers[worker].unref();
-    const p = this.pending.get(reply.id);
-    if (!p) return;
-    this.pending.delete(reply.id);
-    if (reply.ok) p.resolve(reply);
-    else p.reject(reply);
-  }
-
-  private failAll(err: unknown): void {
-    for (const [id, p] of this.pending) {
-      this.pending.delete(id);
-      p.reject({ id, ok: false, errno: 'EIO', message: String(err) });
-    }
+    await Promise.all(this.channels.map((c) => c.close()));
   }
 }
 
@@ -122,16 +399,31 @@ class PoolFile implements FileHandle {
   ) {}
 
   async pread(position: number, length: number): Promise<Uint8Array> {
+    if (length === 0) return new Uint8Array(0);
     const r = await this.pool.run({ op: 'pread', fd: this.fd, position, length }).catch(this.fail('read'));
-    return new Uint8Array(r.data as ArrayBuffer);
+    return r.data!;
   }
 
-  async pwrite(position: number, data: Uint8Array): Promise<void> {
-    if (this.readOnly) throw new FileError('EBADF', this.path, 'write');
-    // copy into a fresh buffer the worker can own (a Node Buffer's slice() shares its pool, which cannot be transferred)
-    const copy = new Uint8Array(data.length);
-    copy.set(data);
-    await this.pool.run({ op: 'pwrite', fd: this.fd, position, data: copy.buffer }, [copy.buffer]).catch(this.fail('write'));
+  /**
+   * Several ranges in one request (one preadv syscall per run of ranges that follow each other
+   * in the file); the worker allocates the result, so the main thread copies nothing.
+   */
+  async preadv(segments: readonly ReadSegment[], length: number): Promise<Uint8Array> {
+    if (length === 0) return new Uint8Array(0);
+    const sorted = segments.every((s, k) => k === 0 || s.at >= segments[k - 1].at + segments[k - 1].length);
+    const segs = (sorted ? segments : [...segments].sort((a, b) => a.at - b.at)).filter((s) => s.length > 0);
+    for (const s of segs) {
+      if (s.at < 0 || s.at + s.length > length) throw new RangeError(`preadv segment [${s.at}, +${s.length}) outside ${length} bytes`);
+    }
+    const r = await this.pool.run({ op: 'preadv', fd: this.fd, segments: segs, length }).catch(this.fail('read'));
+    return r.data!;
+  }
+
+  /** The bytes are taken (copied) before this returns: the caller may reuse `data` at once. */
+  pwrite(position: number, data: Uint8Array): Promise<void> {
+    if (this.readOnly) return Promise.reject(new FileError('EBADF', this.path, 'write'));
+    if (data.length === 0) return Promise.resolve();
+    return this.pool.run({ op: 'pwrite', fd: this.fd, position, data }).then(() => undefined, this.fail('write'));
   }
 
   async size(): Promise<number> {
@@ -156,7 +448,7 @@ class PoolFile implements FileHandle {
 
   async sha256(position: number, length: number): Promise<string> {
     const r = await this.pool.run({ op: 'sha256', fd: this.fd, position, length }).catch(this.fail('hash'));
-    return r.hex as string;
+    return r.hex!;
   }
 
   async allocation(position: number, length: number): Promise<HostExtent[]> {

@@ -111,13 +111,22 @@ export class BlockCopy {
     } catch (err) {
       throw new JobIoError('read', err);
     }
+    // data extents close together (data at least half the span): one read for the span, whose
+    // gaps read as zeros without I/O; only the data extents are written
+    const data = extents.filter((e) => !e.zero);
+    let span: { offset: number; bytes: Uint8Array } | undefined;
+    if (data.length > 1) {
+      const first = data[0].offset;
+      const end = data[data.length - 1].offset + data[data.length - 1].length;
+      if (data.reduce((n, e) => n + e.length, 0) * 2 >= end - first) span = { offset: first, bytes: await this.readSource(first, end - first) };
+    }
     for (const e of extents) {
       if (e.zero) {
         if (!this.options.targetStartsZeroed) await this.targetOp(() => this.target.writeZeroes(e.offset, e.length));
         continue;
       }
-      const data = await this.readSource(e.offset, e.length);
-      await this.targetOp(() => this.target.write(e.offset, data));
+      const bytes = span ? span.bytes.subarray(e.offset - span.offset, e.offset - span.offset + e.length) : await this.readSource(e.offset, e.length);
+      await this.targetOp(() => this.target.write(e.offset, bytes));
     }
   }
 

@@ -1,10 +1,9 @@
 import type { FileHandle } from '../../io/file-handle.js';
 import { corruptImage } from '../image-errors.js';
-import { MetadataCache } from '../metadata-cache.js';
+import { MetadataCache, writeDirty } from '../metadata-cache.js';
 import { HI_COPIED } from './constants.js';
 import type { HostAllocator } from './host-allocator.js';
 import { decodeL2, encodeL2, encodeRaw, UNALLOCATED, type ClusterMapping } from './l2-entry.js';
-import type { MetaGuard } from './meta-guard.js';
 import type { MetadataMap } from './metadata-map.js';
 
 /** New raw L2 entry for a cluster, or null to keep it; `free` tells the caller to drop its old host cluster(s). */
@@ -20,16 +19,16 @@ export interface ClusterMapOptions {
   l1TableOffset: number;
   cacheBytes: number;
   metadata: MetadataMap;
-  guard: MetaGuard;
   /** one past the last host cluster that may hold data (bounds for pointers read at runtime) */
   hostEnd: () => number;
 }
 
 /**
  * Guest cluster → host mapping: the L1 table (kept in memory) and a bounded cache of L2 tables.
- * Lookups need no lock; `ensureL2` and `setEntries` must run under the metadata lock. Updates
- * are written through, one write per L2 table touched, and a new L2 table is written (zeroed)
- * before the L1 entry that points at it.
+ * Lookups need no lock; `ensureL2`, `setEntries` and the writeback methods must run under the
+ * metadata lock. Updates change memory only (writeback): `writeTables` writes the changed L2
+ * tables, then `writeL1` the changed L1 entries; the driver calls them in its crash-safe order
+ * (a new L2 table is on disk before the L1 entry that points at it).
  */
 export class ClusterMap {
   readonly l2Entries: number;
@@ -43,8 +42,9 @@ export class ClusterMap {
   private readonly l1TableOffset: number;
   private readonly cache: MetadataCache;
   private readonly metadata: MetadataMap;
-  private readonly guard: MetaGuard;
   private readonly hostEnd: () => number;
+  /** L1 entries changed in memory, not yet written */
+  private readonly l1Dirty = new Set<number>();
 
   constructor(o: ClusterMapOptions) {
     this.file = o.file;
@@ -58,7 +58,6 @@ export class ClusterMap {
     this.l1TableOffset = o.l1TableOffset;
     this.cache = new MetadataCache(Math.max(16, Math.floor(o.cacheBytes / this.cs)));
     this.metadata = o.metadata;
-    this.guard = o.guard;
     this.hostEnd = o.hostEnd;
     for (let i = 0; i < o.l1Size; i++) {
       const off = this.l1Offset(i);
@@ -106,7 +105,7 @@ export class ClusterMap {
     return out;
   }
 
-  /** The L2 table for an L1 index, allocating an empty one (refcount → zeroed table → L1) when missing. */
+  /** The L2 table for an L1 index, allocating an empty one (in memory: refcount, table, L1 entry) when missing. */
   async ensureL2(l1Index: number, allocator: HostAllocator): Promise<number> {
     if (l1Index >= this.l1Size) throw corruptImage(this.path, `guest cluster beyond the L1 table (index ${l1Index})`);
     const existing = this.l1Offset(l1Index);
@@ -117,17 +116,17 @@ export class ClusterMap {
       return existing;
     }
     const offset = (await allocator.allocate(1)) * this.cs;
-    const table = new Uint8Array(this.cs);
-    await this.guard.run(this.file.pwrite(offset, table));
-    this.cache.set(offset, table);
+    // the whole (zeroed) table is written at writeback: the cluster may be a reused one
+    this.cache.set(offset, new Uint8Array(this.cs));
+    this.cache.markDirty(offset, 0, this.cs);
     this.metadata.addL2(offset);
     encodeL2(this.l1View, l1Index, offset, { copied: true, zero: false });
-    await this.guard.run(this.file.pwrite(this.l1TableOffset + l1Index * 8, this.l1.slice(l1Index * 8, l1Index * 8 + 8)));
+    this.l1Dirty.add(l1Index);
     return offset;
   }
 
   /**
-   * Rewrites entries of guest clusters [first, first+count), all in existing L2 tables.
+   * Rewrites entries of guest clusters [first, first+count), all in existing L2 tables, in memory.
    * `decide(k, old)` returns the new entry for cluster first+k or null to keep it.
    */
   async setEntries(first: number, count: number, decide: (k: number, old: ClusterMapping) => EntryDecision): Promise<void> {
@@ -151,15 +150,54 @@ export class ClusterMap {
           if (lo < 0) lo = k;
           hi = k;
         }
-        if (lo >= 0) {
-          const from = (base + lo) * 8;
-          const to = (base + hi + 1) * 8;
-          await this.guard.run(this.file.pwrite(off + from, table.slice(from, to)));
-        }
+        if (lo >= 0) this.cache.markDirty(off, (base + lo) * 8, (base + hi + 1) * 8);
       } finally {
         this.cache.unpin(off);
       }
       i += inTable;
+    }
+  }
+
+  /** L2 tables changed in memory and not yet written */
+  get dirtyTables(): number {
+    return this.cache.dirtyCount;
+  }
+
+  /** how many L2 tables the cache holds before it evicts */
+  get cacheEntries(): number {
+    return this.cache.maxEntries;
+  }
+
+  get hasDirtyL1(): boolean {
+    return this.l1Dirty.size > 0;
+  }
+
+  /** Writes every changed L2 table (the changed range of each; a new table whole). What fails stays dirty. */
+  writeTables(): Promise<number> {
+    return writeDirty(this.cache, (at, bytes) => this.file.pwrite(at, bytes));
+  }
+
+  /** Writes the changed L1 entries (runs of neighbours in one write). What fails stays dirty. */
+  async writeL1(): Promise<void> {
+    if (this.l1Dirty.size === 0) return;
+    const indices = [...this.l1Dirty].sort((a, b) => a - b);
+    this.l1Dirty.clear();
+    const writes: Promise<void>[] = [];
+    const runs: [number, number][] = [];
+    for (let i = 0; i < indices.length; ) {
+      let j = i + 1;
+      while (j < indices.length && indices[j] === indices[j - 1] + 1) j++;
+      const a = indices[i];
+      const b = indices[j - 1] + 1;
+      runs.push([a, b]);
+      writes.push(this.file.pwrite(this.l1TableOffset + a * 8, this.l1.slice(a * 8, b * 8)));
+      i = j;
+    }
+    const results = await Promise.allSettled(writes);
+    const failed = results.findIndex((r) => r.status === 'rejected');
+    if (failed >= 0) {
+      for (const [a, b] of runs) for (let k = a; k < b; k++) this.l1Dirty.add(k);
+      throw (results[failed] as PromiseRejectedResult).reason;
     }
   }
 }

@@ -127,6 +127,9 @@ export async function createQcow2(path: string, options: Qcow2CreateOptions, ope
       });
       const l1Clusters = Math.ceil((l1Size * 8) / cs);
       const l1Offset = (await refcounts.allocate(l1Clusters)) * cs;
+      // the refcounts change in memory only: write them (blocks before the table entries naming new ones)
+      await refcounts.writeBlocks();
+      await refcounts.writeTable();
       // like QEMU, only the entries themselves are written
       await file.pwrite(l1Offset, new Uint8Array(l1Size * 8));
       header.l1Size = l1Size;

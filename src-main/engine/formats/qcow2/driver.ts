@@ -20,6 +20,8 @@ import { discardDecision, splitClusters, unmapsToZeroV2, zeroDecisionV3 } from '
 
 const DEFAULT_L2_CACHE = 32 * 1024 * 1024;
 const DEFAULT_REFCOUNT_CACHE = 8 * 1024 * 1024;
+/** released host clusters worth more than this are written back (and so become reusable) early */
+const RELEASED_LIMIT_BYTES = 64 * 1024 * 1024;
 /** literal zero writes (v2 images, partial clusters) go out in pieces of at most this size */
 const ZERO_CHUNK = 1024 * 1024;
 
@@ -44,9 +46,23 @@ function dataEntry(host: number): EntryDecision {
  *
  * Concurrency: guest requests lock the guest clusters they touch (reads shared, writes
  * exclusive), so overlapping requests are ordered while others run in parallel; writes to
- * clusters already allocated go straight to the file. All metadata changes run under one mutex
- * and are written through, in the order refcounts → data → L2 → L1 when allocating and
- * L2 → refcounts when freeing, so a crash leaves the image consistent or merely leaking.
+ * clusters already allocated go straight to the file. All metadata changes run under one mutex.
+ *
+ * Metadata is written back, like QEMU's qcow2 caches with cache=writeback: a guest write into a
+ * new cluster costs one data write; the refcount and L2 changes stay in memory until `flush()`,
+ * `close()`, cache pressure, or too many released clusters. Writeback goes in groups, each made
+ * durable before the next one is written, so a crash at any point leaves the image consistent or
+ * merely leaking:
+ *   1. refcount blocks (in-memory refcounts never count less than the file references),
+ *   2. fsync, refcount table entries pointing at new blocks,
+ *   3. fsync (data first), L2 tables,
+ *   4. fsync, L1 entries pointing at new L2 tables,
+ *   5. fsync, then the host clusters that the written L2 changes unlinked are freed — only now
+ *      can they be reused, so the file never points two ways at one cluster,
+ *   6. (flush/close) the refcount blocks again, and a final fsync.
+ * The contract: a write acknowledged before a crash may be lost unless a flush completed after
+ * it (as with QEMU's cache=writeback); the image is never corrupt; `flush()` makes every write
+ * acknowledged before it durable.
  */
 export class Qcow2Driver implements BlockDriver {
   readonly format = 'qcow2' as const;
@@ -69,6 +85,8 @@ export class Qcow2Driver implements BlockDriver {
   private readonly metadata: MetadataMap;
   /** undefined on read-only opens */
   private readonly allocator: HostAllocator | undefined;
+  /** undefined on read-only opens */
+  private readonly refcounts: Refcounts | undefined;
   private readonly guard: MetaGuard;
   private readonly metaLock = new Mutex();
   private readonly rangeLock = new RangeLock();
@@ -113,8 +131,9 @@ export class Qcow2Driver implements BlockDriver {
     metadata.setFixed('the L1 table', state.regions.l1.offset, state.regions.l1.length);
     metadata.setFixed('the refcount table', state.regions.refcountTable.offset, state.regions.refcountTable.length);
     const fileEnd = Math.ceil(state.fileSize / this.clusterSize);
+    let refcounts: Refcounts | undefined;
     if (state.refcountTable) {
-      const refcounts = new Refcounts({
+      refcounts = new Refcounts({
         file,
         path: this.path,
         clusterBits: h.clusterBits,
@@ -129,6 +148,7 @@ export class Qcow2Driver implements BlockDriver {
       });
       this.allocator = new HostAllocator(refcounts, this.clusterSize, this.clusterBits, this.guard);
     }
+    this.refcounts = refcounts;
     const hostEnd = () => this.allocator?.hostEnd ?? fileEnd;
     this.map = new ClusterMap({
       file,
@@ -140,7 +160,6 @@ export class Qcow2Driver implements BlockDriver {
       l1TableOffset: h.l1TableOffset,
       cacheBytes: options.l2CacheBytes ?? DEFAULT_L2_CACHE,
       metadata,
-      guard: this.guard,
       hostEnd,
     });
     this.metadata = metadata;
@@ -226,8 +245,8 @@ export class Qcow2Driver implements BlockDriver {
 
   flush(): Promise<void> {
     return this.track(async () => {
-      // metadata is written through: a sync makes everything written so far durable
-      if (!this.readOnly) await this.file.sync();
+      if (this.readOnly) return;
+      await this.metaLock.run(() => this.writeback(true));
     });
   }
 
@@ -268,7 +287,11 @@ export class Qcow2Driver implements BlockDriver {
     // new requests are refused from now on; let the ones in flight finish
     if (this.active > 0) await new Promise<void>((resolve) => this.idle.push(resolve));
     let failure: unknown;
-    if (!this.readOnly) await this.file.sync().catch((err: unknown) => (failure = err));
+    if (!this.readOnly) {
+      // after a failed metadata write nothing more is written: the file keeps its last consistent state
+      const done = this.guard.failed ? this.file.sync() : this.metaLock.run(() => this.writeback(true));
+      await done.catch((err: unknown) => (failure = err));
+    }
     await this.file.close().catch((err: unknown) => (failure ??= err));
     if (this.backing) await this.backing.close().catch((err: unknown) => (failure ??= err));
     if (failure) throw failure;
@@ -312,16 +335,27 @@ export class Qcow2Driver implements BlockDriver {
     await this.metaLock.run(() => this.writeHeaderLocked());
   }
 
-  /** Allocates `count` contiguous host clusters (refcount 1); returns the host byte offset. */
+  /**
+   * Allocates `count` contiguous host clusters (refcount 1); returns the host byte offset. The
+   * refcounts are written before this returns, so once the caller's data is synced a structure
+   * pointing at the clusters (a header extension) may be written.
+   */
   async allocateClusters(count: number): Promise<number> {
     const allocator = this.writableAllocator();
     if (!Number.isSafeInteger(count) || count < 1) {
       throw new TidemarkError('INVALID_INPUT', `Image '${this.path}': invalid cluster count ${count}`);
     }
-    return this.metaLock.run(async () => (await allocator.allocate(count)) * this.clusterSize);
+    return this.metaLock.run(async () => {
+      const first = await allocator.allocate(count);
+      await this.writeRefcounts();
+      return first * this.clusterSize;
+    });
   }
 
-  /** Drops one reference from `count` host clusters starting at byte `offset` (cluster-aligned). */
+  /**
+   * Drops one reference from `count` host clusters starting at byte `offset` (cluster-aligned).
+   * Whatever pointed at them must already be unlinked durably: they may be reused at once.
+   */
   async freeClusters(offset: number, count: number): Promise<void> {
     const allocator = this.writableAllocator();
     if (offset % this.clusterSize !== 0 || offset < this.clusterSize || !Number.isSafeInteger(count) || count < 1) {
@@ -375,7 +409,8 @@ export class Qcow2Driver implements BlockDriver {
         await this.metaLock.run(async () => {
           this.guard.check();
           await this.map.setEntries(cluster, 1, () => ({ ...entry, free: false }));
-          await allocator.freeMappings([old]);
+          allocator.release([old]);
+          await this.writebackIfDue();
         });
       } finally {
         release();
@@ -469,33 +504,50 @@ export class Qcow2Driver implements BlockDriver {
     await this.metaLock.run(async () => {
       this.guard.check();
       await this.map.setEntries(first, maps.length, (k) => dataEntry(host + k * this.clusterSize));
+      await this.writebackIfDue();
     });
   }
 
-  /** Clusters needing new host space: one contiguous allocation, one data write, then the L2 entries. */
+  /**
+   * Clusters needing new host space: one contiguous allocation, one data write, then the L2
+   * entries (in memory). When the new clusters lie past everything the file ever held and the
+   * rest of them would read as zeros anyway, only the guest bytes are written: a file region
+   * never written reads as zeros (a reused cluster may hold old bytes: it is written whole).
+   */
   private async writeAlloc(first: number, maps: ClusterMapping[], start: number, data: Uint8Array): Promise<void> {
     const allocator = this.writableAllocator();
     const cs = this.clusterSize;
     const count = maps.length;
-    const buf = await this.assemble(first, maps, start, data, (m, c) => this.reader.clusterContents(m, c));
-    const host = await this.metaLock.run(async () => {
+    const { host, fresh } = await this.metaLock.run(async () => {
       this.guard.check();
       // L2 tables before data: the layout QEMU produces
       const l1Last = Math.floor((first + count - 1) / this.map.l2Entries);
       for (let l1 = Math.floor(first / this.map.l2Entries); l1 <= l1Last; l1++) await this.map.ensureL2(l1, allocator);
-      return (await allocator.allocate(count)) * cs;
+      const untouched = allocator.hostEnd;
+      const c = await allocator.allocate(count);
+      return { host: c * cs, fresh: c >= untouched };
     });
     try {
-      await this.file.pwrite(host, buf);
+      const segStart = first * cs;
+      const last = first + count - 1;
+      const headPartial = start > segStart;
+      const tailPartial = start + data.length < Math.min((last + 1) * cs, this.virtualSize);
+      const zerosAround = (!headPartial || this.reader.readsAsZero(maps[0], first)) && (!tailPartial || this.reader.readsAsZero(maps[count - 1], last));
+      if (fresh && zerosAround) {
+        await this.file.pwrite(host + (start - segStart), data);
+      } else {
+        await this.file.pwrite(host, await this.assemble(first, maps, start, data, (m, c) => this.reader.clusterContents(m, c)));
+      }
     } catch (err) {
-      // give the clusters back; if even that fails they merely leak
+      // nothing points at the clusters yet: give them back; if even that fails they merely leak
       await this.metaLock.run(() => allocator.free(host / cs, count)).catch(() => undefined);
       throw err;
     }
     await this.metaLock.run(async () => {
       this.guard.check();
       await this.map.setEntries(first, count, (k) => dataEntry(host + k * cs));
-      await allocator.freeMappings(maps);
+      allocator.release(maps);
+      await this.writebackIfDue();
     });
   }
 
@@ -534,8 +586,8 @@ export class Qcow2Driver implements BlockDriver {
 
   /**
    * Rewrites the L2 entries of guest clusters [first, first+count) one L2 table at a time (the
-   * metadata lock is released between tables so a huge request does not stall other I/O). New
-   * entries are written before the old host clusters are freed.
+   * metadata lock is released between tables so a huge request does not stall other I/O). The
+   * old host clusters are released: freed once the new entries are on disk.
    */
   private async rewriteEntries(
     first: number,
@@ -563,9 +615,74 @@ export class Qcow2Driver implements BlockDriver {
           if (d?.free) freed.push(old);
           return d;
         });
-        await allocator.freeMappings(freed);
+        allocator.release(freed);
+        await this.writebackIfDue();
       });
       i += inTable;
+    }
+  }
+
+  // ---------------------------------------------------------------- writeback
+
+  /** Writes metadata back when the caches fill with changes or too much space waits to be freed. Under the metadata lock. */
+  private async writebackIfDue(): Promise<void> {
+    const refcounts = this.refcounts;
+    const allocator = this.allocator;
+    if (!refcounts || !allocator) return;
+    if (
+      this.map.dirtyTables > this.map.cacheEntries / 2 ||
+      refcounts.dirtyBlocks > refcounts.cacheEntries / 2 ||
+      allocator.releasedCount * this.clusterSize > RELEASED_LIMIT_BYTES
+    ) {
+      await this.writeback(false);
+    }
+  }
+
+  /**
+   * Writes every metadata change back in the crash-safe order of the class comment; `durable`
+   * ends with an fsync (flush, close). Under the metadata lock.
+   *
+   * A failed write leaves its change dirty and the file in a consistent (older) state, since
+   * every group only points at what earlier, synced groups wrote: the error goes to the caller
+   * and a later flush simply tries again. Only a refcount that would drop below zero (a damaged
+   * image) stops further writes.
+   */
+  private async writeback(durable: boolean): Promise<void> {
+    this.guard.check();
+    const refcounts = this.refcounts;
+    const allocator = this.allocator;
+    const sync = () => this.file.sync();
+    if (refcounts && allocator) {
+      await refcounts.writeBlocks();
+      if (refcounts.hasDirtyTable) {
+        await sync();
+        await refcounts.writeTable();
+      }
+      if (this.map.dirtyTables > 0) {
+        await sync();
+        await this.map.writeTables();
+      }
+      if (this.map.hasDirtyL1) {
+        await sync();
+        await this.map.writeL1();
+      }
+      if (allocator.releasedCount > 0) {
+        await sync();
+        await this.guard.run(allocator.applyReleased());
+        if (durable) await refcounts.writeBlocks();
+      }
+    }
+    if (durable) await sync();
+  }
+
+  /** Writes the refcount changes (blocks, then after an fsync new table entries). Under the metadata lock. */
+  private async writeRefcounts(): Promise<void> {
+    const refcounts = this.refcounts;
+    if (!refcounts) return;
+    await refcounts.writeBlocks();
+    if (refcounts.hasDirtyTable) {
+      await this.file.sync();
+      await refcounts.writeTable();
     }
   }
 

@@ -7,10 +7,19 @@ import type { Refcounts } from './refcounts.js';
  * Host space on top of the refcounts: whole clusters for data and tables, byte ranges packed
  * into shared clusters for compressed data, and freeing what an old L2 entry held.
  * Callers hold the driver's metadata lock.
+ *
+ * Freeing comes in two kinds. `free` drops references at once: for clusters nothing on disk
+ * points at (an allocation whose data write failed, or clusters the caller already unlinked
+ * durably). `release` is for clusters an L2 entry pointed at until a change still in memory:
+ * the file may point at them until that change is written, so the references are only dropped
+ * (`applyReleased`) once the driver has written the L2 tables and synced — until then the
+ * clusters cannot be handed out again.
  */
 export class HostAllocator {
   /** byte offset where the next compressed cluster may be packed (0: start a new host cluster) */
   private compressedTail = 0;
+  /** released host clusters → references to drop once their unlinking is durable */
+  private released = new Map<number, number>();
 
   constructor(
     private readonly refcounts: Refcounts,
@@ -63,10 +72,15 @@ export class HostAllocator {
     await this.free(first, last - first + 1);
   }
 
-  /** Drops the host clusters that old L2 entries held (call after the entries were rewritten). */
-  async freeMappings(maps: readonly ClusterMapping[]): Promise<void> {
+  /** clusters released and not yet freed */
+  get releasedCount(): number {
+    return this.released.size;
+  }
+
+  /** Releases the host clusters that old L2 entries held (call after the entries were rewritten in memory). */
+  release(maps: readonly ClusterMapping[]): void {
     const cs = this.clusterSize;
-    const decrements = new Map<number, number>();
+    const decrements = this.released;
     const add = (cluster: number) => decrements.set(cluster, (decrements.get(cluster) ?? 0) + 1);
     for (const m of maps) {
       if (m.kind === 'normal' || m.kind === 'zero-alloc') add(m.host / cs);
@@ -77,7 +91,13 @@ export class HostAllocator {
         for (let c = first; c <= last; c++) add(c);
       }
     }
+  }
+
+  /** Frees what was released (call once the L2 changes that unlinked it are written and synced). */
+  async applyReleased(): Promise<void> {
+    const decrements = this.released;
     if (decrements.size === 0) return;
+    this.released = new Map();
     // runs of consecutive clusters losing the same number of references go out together
     const clusters = [...decrements.keys()].sort((a, b) => a - b);
     let start = clusters[0];

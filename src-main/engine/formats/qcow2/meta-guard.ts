@@ -25,4 +25,8 @@ export class MetaGuard {
   check(): void {
     if (this.failure) throw this.failure;
   }
+
+  get failed(): boolean {
+    return this.failure !== undefined;
+  }
 }

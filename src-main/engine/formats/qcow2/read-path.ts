@@ -56,36 +56,49 @@ export class ReadPath {
     const n = Math.floor((offset + length - 1) / cs) - c0 + 1;
     const maps = await this.map.mapRange(c0, n);
     const end = offset + length;
-    const out = new Uint8Array(length);
-    const tasks: Promise<void>[] = [];
+    const runs: Run[] = [];
+    for (let i = 0; i < n; ) {
+      const j = runEnd(maps, i, cs);
+      const start = Math.max(offset, (c0 + i) * cs);
+      runs.push({ m: maps[i], first: c0 + i, count: j - i, start, stop: Math.min(end, (c0 + j) * cs) });
+      i = j;
+    }
+    const data = runs.filter((r) => r.m.kind === 'normal');
+    for (const r of data) this.checkHost(r.m.host, r.count, r.first);
+    const hostStart = (r: Run) => r.m.host + (r.start - r.first * cs);
+    // one run covering everything: hand out the pread buffer itself
+    if (runs.length === 1 && data.length === 1) return this.file.pread(hostStart(data[0]), length);
+    // several data runs: one scatter read (zeros between them), when the file can do it
+    const scatter = data.length > 1 && this.file.preadv !== undefined;
+    const out = scatter
+      ? this.file.preadv!(
+          data.map((r) => ({ position: hostStart(r), length: r.stop - r.start, at: r.start - offset })),
+          length,
+        )
+      : Promise.resolve(new Uint8Array(length));
+    const tasks: Promise<{ at: number; bytes: Uint8Array | undefined }>[] = [];
     try {
-      let i = 0;
-      while (i < n) {
-        const m = maps[i];
-        const j = runEnd(maps, i, cs);
-        const start = Math.max(offset, (c0 + i) * cs);
-        const stop = Math.min(end, (c0 + j) * cs);
-        const at = start - offset;
-        if (m.kind === 'normal') {
-          this.checkHost(m.host, j - i, c0 + i);
-          const hostStart = m.host + (start - (c0 + i) * cs);
-          // one run covering everything: hand out the pread buffer itself
-          if (i === 0 && j === n) return await this.file.pread(hostStart, stop - start);
-          tasks.push(this.file.pread(hostStart, stop - start).then((d) => out.set(d, at)));
-        } else if (m.kind === 'unallocated') {
-          tasks.push(this.readBacking(start, stop - start).then((d) => d && out.set(d, at)));
-        } else if (m.kind === 'compressed') {
-          const inCluster = start - (c0 + i) * cs;
-          tasks.push(this.readCompressed(m, c0 + i).then((d) => out.set(d.subarray(inCluster, inCluster + stop - start), at)));
+      for (const r of runs) {
+        const at = r.start - offset;
+        if (r.m.kind === 'normal') {
+          if (!scatter) tasks.push(this.file.pread(hostStart(r), r.stop - r.start).then((bytes) => ({ at, bytes })));
+        } else if (r.m.kind === 'unallocated') {
+          tasks.push(this.readBacking(r.start, r.stop - r.start).then((bytes) => ({ at, bytes })));
+        } else if (r.m.kind === 'compressed') {
+          const inCluster = r.start - r.first * cs;
+          tasks.push(this.readCompressed(r.m, r.first).then((d) => ({ at, bytes: d.subarray(inCluster, inCluster + r.stop - r.start) })));
         }
-        i = j;
       }
     } finally {
       // a run that fails synchronously must not leave the others' rejections unobserved
-      await Promise.allSettled(tasks);
+      await Promise.allSettled([out, ...tasks]);
     }
-    for (const r of await Promise.allSettled(tasks)) if (r.status === 'rejected') throw r.reason;
-    return out;
+    const buf = await out;
+    for (const r of await Promise.allSettled(tasks)) {
+      if (r.status === 'rejected') throw r.reason;
+      if (r.value.bytes) buf.set(r.value.bytes, r.value.at);
+    }
+    return buf;
   }
 
   /** Backing data for a guest range; undefined when it reads as zeros (no backing, or past its end). */
@@ -135,6 +148,15 @@ export class ReadPath {
     if (m.kind !== 'unallocated') return false;
     return !this.backing || cluster * this.cs >= this.backing.virtualSize;
   }
+}
+
+/** A run of guest clusters one read operation serves: clusters [first, first+count), guest bytes [start, stop). */
+interface Run {
+  m: ClusterMapping;
+  first: number;
+  count: number;
+  start: number;
+  stop: number;
 }
 
 /** End (exclusive) of the run of clusters starting at i that one read operation can serve. */

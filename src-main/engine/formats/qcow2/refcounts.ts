@@ -1,7 +1,7 @@
 import { TidemarkError } from '../../../../src-shared/errors.js';
 import type { FileHandle } from '../../io/file-handle.js';
 import { corruptImage } from '../image-errors.js';
-import { MetadataCache } from '../metadata-cache.js';
+import { MetadataCache, writeDirty } from '../metadata-cache.js';
 import { MAX_REFTABLE_BYTES } from './constants.js';
 import type { MetadataMap } from './metadata-map.js';
 import { refcountCodec, type RefcountCodec } from './refcount-codec.js';
@@ -26,10 +26,13 @@ export interface RefcountOptions {
 /**
  * The refcount table and blocks, and the cluster allocator built on them.
  *
- * All mutating methods must be called with the driver's metadata lock held. Every change is
- * written before the method returns, in an order that leaves the image consistent or merely
- * leaking after a crash at any point: a new refcount block is written (describing itself) before
- * the table entry pointing at it, and a new table before the header pointing at it.
+ * All methods that change or write must be called with the driver's metadata lock held. Changes
+ * stay in memory (writeback) until the driver writes them: `writeBlocks` (every changed block),
+ * then — after an fsync — `writeTable` (table entries pointing at new blocks). In-memory
+ * refcounts never drop below what the file references (the driver applies a decrement only once
+ * the reference is gone on disk), so changed blocks may be written at any time: at worst a crash
+ * then leaks clusters. Moving the table (growTable) is the exception and writes through: blocks,
+ * new table, fsync, header, fsync.
  */
 export class Refcounts {
   private readonly file: FileHandle;
@@ -50,6 +53,8 @@ export class Refcounts {
   private hint = 0;
   /** one past the highest host cluster that may be in use */
   hostEnd: number;
+  /** refcount table entries changed in memory, not yet written */
+  private readonly tableDirty = new Set<number>();
 
   constructor(o: RefcountOptions) {
     this.file = o.file;
@@ -168,7 +173,7 @@ export class Refcounts {
 
   /**
    * Adds `delta` to the refcount of clusters [first, first+count), creating refcount blocks (and
-   * growing the table) as needed. Each block's changed bytes go out in one write.
+   * growing the table) as needed. In memory; the changed bytes are written at writeback.
    */
   async update(first: number, count: number, delta: number): Promise<void> {
     let c = first;
@@ -197,7 +202,7 @@ export class Refcounts {
           if (next === 0 && i < this.hint) this.hint = i;
         }
         const [from, to] = this.codec.byteRange(c - base, stop - 1 - base);
-        await this.file.pwrite(off + from, block.slice(from, to));
+        this.cache.markDirty(off, from, to);
       } finally {
         this.cache.unpin(off);
       }
@@ -229,17 +234,14 @@ export class Refcounts {
         this.pending.splice(this.pending.indexOf(run), 1);
       }
     }
+    // written whole at writeback (the cluster may be a reused one), before the table entry
     const blockOffset = at * this.cs;
-    await this.file.pwrite(blockOffset, block);
     this.cache.set(blockOffset, block);
+    this.cache.markDirty(blockOffset, 0, this.cs);
     this.metadata.addRefblock(blockOffset);
-    await this.setTableEntry(t, blockOffset);
-    return blockOffset;
-  }
-
-  private async setTableEntry(t: number, blockOffset: number): Promise<void> {
     this.tableView.setBigUint64(t * 8, BigInt(blockOffset));
-    await this.file.pwrite(this.tableOffset + t * 8, this.table.slice(t * 8, t * 8 + 8));
+    this.tableDirty.add(t);
+    return blockOffset;
   }
 
   /**
@@ -284,8 +286,8 @@ export class Refcounts {
       const hi = Math.min(areaEnd, (r + 1) * per);
       for (let c = lo; c < hi; c++) this.codec.set(view, c - r * per, 1);
       const offset = (areaStart + i) * cs;
-      await this.file.pwrite(offset, block);
       this.cache.set(offset, block);
+      this.cache.markDirty(offset, 0, cs);
       this.metadata.addRefblock(offset);
       newView.setBigUint64(r * 8, BigInt(offset));
     }
@@ -296,9 +298,16 @@ export class Refcounts {
       const hi = Math.min(areaEnd, (r + 1) * per);
       await this.update(lo, hi - lo, 1);
     }
-    // 3. the table itself, then the header that points at it
-    await this.file.pwrite(tableAt * cs, newTable);
+    // 3. every block (new or changed, including those the old table's unwritten entries point
+    //    at) and the new table; durable before the header points at it, and the header durable
+    //    before the old table can be reused
+    await this.writeBlocks();
+    await this.file.pwrite(tableAt * cs, newTable.slice());
+    await this.file.sync();
     await this.commitTable(tableAt * cs, tableClusters);
+    await this.file.sync();
+    // the new table was written whole: no entry is pending any more
+    this.tableDirty.clear();
 
     const oldOffset = this.tableOffset;
     const oldClusters = this.tableClusters;
@@ -311,5 +320,60 @@ export class Refcounts {
     this.hostEnd = Math.max(this.hostEnd, areaEnd);
     // 4. only now is the old table unreferenced
     await this.update(oldOffset / cs, oldClusters, -1);
+  }
+
+  // ---------------------------------------------------------------- writeback
+
+  /** refcount blocks changed in memory and not yet written */
+  get dirtyBlocks(): number {
+    return this.cache.dirtyCount;
+  }
+
+  /** how many blocks the cache holds before it evicts */
+  get cacheEntries(): number {
+    return this.cache.maxEntries;
+  }
+
+  get hasDirtyTable(): boolean {
+    return this.tableDirty.size > 0;
+  }
+
+  /** Writes every changed refcount block (its changed range; a new block whole). */
+  writeBlocks(): Promise<number> {
+    return writeDirty(this.cache, (at, bytes) => this.file.pwrite(at, bytes));
+  }
+
+  /**
+   * Writes the changed table entries (call after the blocks they point at are durable). A new
+   * block's own refcount may live in another new block: an entry is written only after the entry
+   * of the block counting it is durable (self-counting blocks first, an fsync between levels).
+   */
+  async writeTable(): Promise<void> {
+    const pending = new Set(this.tableDirty);
+    this.tableDirty.clear();
+    try {
+      while (pending.size > 0) {
+        const level = [...pending]
+          .filter((t) => {
+            const counter = Math.floor(this.blockOffset(t) / this.cs / this.perBlock);
+            return counter === t || !pending.has(counter);
+          })
+          .sort((a, b) => a - b);
+        if (level.length === 0) throw new TidemarkError('INTERNAL', `Image '${this.path}': refcount blocks count each other in a cycle`);
+        for (let i = 0; i < level.length; ) {
+          let j = i + 1;
+          while (j < level.length && level[j] === level[j - 1] + 1) j++;
+          const a = level[i];
+          const b = level[j - 1] + 1;
+          await this.file.pwrite(this.tableOffset + a * 8, this.table.slice(a * 8, b * 8));
+          for (let t = a; t < b; t++) pending.delete(t);
+          i = j;
+        }
+        if (pending.size > 0) await this.file.sync();
+      }
+    } catch (err) {
+      for (const t of pending) this.tableDirty.add(t);
+      throw err;
+    }
   }
 }
