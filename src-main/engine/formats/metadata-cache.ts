@@ -149,7 +149,7 @@ export async function writeDirty(cache: MetadataCache, write: (offset: number, b
     entry.pins++;
     cache.cleaned(key);
     writes.push(
-      write(key + lo, bytes)
+      call(() => write(key + lo, bytes))
         // not written: still dirty (the entry is pinned, so it is still there)
         .catch((err: unknown) => {
           cache.markDirty(key, lo, hi);
@@ -161,4 +161,13 @@ export async function writeDirty(cache: MetadataCache, write: (offset: number, b
   const results = await Promise.allSettled(writes);
   for (const r of results) if (r.status === 'rejected') throw r.reason;
   return dirty.length;
+}
+
+/** Runs `fn`, turning a synchronous throw into a rejection. */
+function call(fn: () => Promise<void>): Promise<void> {
+  try {
+    return fn();
+  } catch (err) {
+    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+  }
 }

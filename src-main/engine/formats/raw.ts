@@ -1,4 +1,4 @@
-import type { FileHandle, FileOpener } from '../io/file-handle.js';
+import type { FileHandle, FileOpener, Lent } from '../io/file-handle.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
 import { actualSize } from './actual-size.js';
 import { checkRequest, closedImage, readOnlyImage } from './image-errors.js';
@@ -35,6 +35,18 @@ export class RawDriver implements BlockDriver {
     this.checkOpen();
     checkRequest(this.path, 'read', offset, length, this.virtualSize);
     return this.file.pread(offset, length);
+  }
+
+  async readLent(ranges: readonly { offset: number; length: number }[]): Promise<Lent | undefined> {
+    this.checkOpen();
+    if (!this.file.preadLent || ranges.length === 0) return undefined;
+    for (const r of ranges) checkRequest(this.path, 'read', r.offset, r.length, this.virtualSize);
+    const base = ranges[0].offset;
+    const last = ranges[ranges.length - 1];
+    return this.file.preadLent(
+      ranges.map((r) => ({ position: r.offset, length: r.length, at: r.offset - base })),
+      last.offset + last.length - base,
+    );
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

@@ -1,4 +1,4 @@
-import type { FileHandle } from '../io/file-handle.js';
+import type { FileHandle, Lent } from '../io/file-handle.js';
 
 export type ImageFormat = 'raw' | 'qcow2';
 
@@ -48,6 +48,14 @@ export interface BlockDriver {
   /** cluster size for qcow2; undefined for raw */
   readonly clusterSize: number | undefined;
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Reads guest ranges (sorted, not overlapping) into a buffer lent by the I/O layer, in one
+   * request where possible: `bytes[k]` is guest byte `ranges[0].offset + k`, filled for the
+   * ranges only, the rest unspecified. Writing from the lent bytes copies nothing; release it
+   * once those writes have settled. Resolves to undefined when nothing can be lent (read
+   * normally then). Optional.
+   */
+  readLent?(ranges: readonly { offset: number; length: number }[]): Promise<Lent | undefined>;
   write(offset: number, data: Uint8Array): Promise<void>;
   /** the range reads as zeros afterwards; `mayUnmap` lets the driver free clusters (qemu-io `write -z -u`) */
   writeZeroes(offset: number, length: number, options?: { mayUnmap?: boolean }): Promise<void>;

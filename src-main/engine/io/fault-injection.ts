@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import type { FileHandle, FileOpener, HostExtent, ReadSegment } from './file-handle.js';
+import type { FileHandle, FileOpener, HostExtent, Lent, ReadSegment } from './file-handle.js';
 import { FileError } from './file-errors.js';
 
 /**
@@ -85,6 +85,11 @@ class FaultyFile implements FileHandle {
     const out = new Uint8Array(length);
     for (const s of segments) out.set(await this.inner.pread(s.position, s.length), s.at);
     return out;
+  }
+  async preadLent(segments: readonly ReadSegment[], length: number): Promise<Lent | undefined> {
+    if (!this.inner.preadLent) return undefined;
+    for (const s of segments) if (s.position >= 0) this.injector.check(this.path, 'read', s.position, s.length);
+    return this.inner.preadLent(segments, length);
   }
   pwrite(position: number, data: Uint8Array): Promise<void> {
     this.injector.check(this.path, 'write', position, data.length);

@@ -16,6 +16,13 @@ export interface FileHandle {
    */
   preadv?(segments: readonly ReadSegment[], length: number): Promise<Uint8Array>;
   /**
+   * Like preadv, but into a buffer lent from memory the I/O workers share: no allocation, and a
+   * write from the lent bytes (to any file of the same I/O pool) copies nothing either. A
+   * segment at position -1 is zero-filled; bytes no segment covers are unspecified. Resolves to
+   * undefined when nothing can be lent right now (the caller reads normally). Optional.
+   */
+  preadLent?(segments: readonly ReadSegment[], length: number): Promise<Lent | undefined>;
+  /**
    * Writes all of `data` at `position` (extends the file when needed). The caller must not
    * change `data` until the promise settles.
    */
@@ -31,6 +38,15 @@ export interface FileHandle {
    */
   allocation(position: number, length: number): Promise<HostExtent[]>;
   close(): Promise<void>;
+}
+
+/**
+ * Bytes lent by the I/O layer: they stay valid, and untouched by it, until `release()`. The
+ * holder may write from them (the write must have settled before the release) but not change them.
+ */
+export interface Lent {
+  readonly bytes: Uint8Array;
+  release(): void;
 }
 
 /** `length` bytes of the file at `position`, for the buffer at offset `at` (see FileHandle.preadv). */

@@ -11,6 +11,8 @@
  * - `slab`: a data ring for small reads and writes. A write's bytes are copied in before the
  *   request is published; a read's bytes are copied out when it completes. Regions are handed
  *   out and given back in submission order (a plain ring allocator).
+ * - `arena` (one for the whole pool): buffers lent to callers (FileHandle.preadLent), which the
+ *   workers read into and write from directly.
  * - a MessagePort for what does not fit the slab: a large read comes back as a transferred
  *   ArrayBuffer the worker allocated (so the page faults of a fresh buffer happen on the
  *   worker), a large write goes out as a transferred copy. Both sides read the port
@@ -39,6 +41,7 @@ export const S_DATA = 2; // byte offset in the slab
 export const S_STATUS = 3; // 0 ok, 1 failed (errno name in the aux area)
 export const S_RESULT = 4; // bytes read into the slab
 export const S_AUX_LEN = 5;
+export const S_ARENA = 6; // byte offset in the arena (lent buffers)
 /** float64 fields of a slot (index within the slot's 16 float64s) */
 export const F_POSITION = 4;
 export const F_LENGTH = 5;
@@ -57,11 +60,17 @@ export const OP_SHA256 = 6;
  * float64 triples (position, length, at); the worker returns a buffer of F_LENGTH bytes on the port.
  */
 export const OP_PREADV = 7;
+/** OP_PREADV into the arena at S_ARENA (segments at position -1 are zero-filled, gaps left alone) */
+export const OP_PREADV_ARENA = 8;
+/** write F_LENGTH bytes from the arena at S_ARENA (no copy: the lent bytes stay put until released) */
+export const OP_PWRITE_ARENA = 9;
 
 export interface ChannelBuffers {
   ctrl: SharedArrayBuffer;
   slots: SharedArrayBuffer;
   slab: SharedArrayBuffer;
+  /** the pool's lent buffers, shared by all its workers */
+  arena: SharedArrayBuffer;
 }
 
 /** What a worker gets as workerData (the port travels in the transfer list). */

@@ -14,9 +14,12 @@ import {
   OP_PREAD_PORT,
   OP_PREAD_SLAB,
   OP_PREADV,
+  OP_PREADV_ARENA,
+  OP_PWRITE_ARENA,
   OP_PWRITE_PORT,
   OP_PWRITE_SLAB,
   OP_SHA256,
+  S_ARENA,
   S_AUX_LEN,
   S_DATA,
   S_FD,
@@ -38,6 +41,7 @@ const f64 = new Float64Array(init.slots);
 const slotBytes = new Uint8Array(init.slots);
 const slab = new Uint8Array(init.slab);
 const slabF64 = new Float64Array(init.slab);
+const arena = new Uint8Array(init.arena);
 const port = init.port;
 
 const HASH_CHUNK = 4 << 20;
@@ -55,23 +59,28 @@ function preadFull(fd: number, buf: Uint8Array, position: number): number {
 }
 
 /**
- * Scatter read into a fresh buffer: segments that follow each other in the file go out as one
- * preadv (one syscall, the iovecs pointing into the buffer); the gaps are zeroed.
+ * Scatter read into `buf`: segments that follow each other in the file go out as one preadv (one
+ * syscall, the iovecs pointing into the buffer). A segment at position -1 is zero-filled. With
+ * `zeroGaps`, what no segment covers is zeroed too.
  */
-function preadv(fd: number, length: number, segAt: number, count: number): Uint8Array<ArrayBuffer> {
-  const buf = new Uint8Array(Buffer.allocUnsafeSlow(length).buffer as ArrayBuffer, 0, length);
+function preadv(fd: number, buf: Uint8Array, segAt: number, count: number, zeroGaps: boolean): void {
   const base = segAt / 8;
   const seg = (k: number) => ({ position: slabF64[base + k * 3], length: slabF64[base + k * 3 + 1], at: slabF64[base + k * 3 + 2] });
-  // zero what no segment covers (segments come sorted by `at` and do not overlap)
+  // segments come sorted by `at` and do not overlap
   let covered = 0;
   for (let k = 0; k < count; k++) {
     const s = seg(k);
-    if (s.at > covered) buf.fill(0, covered, s.at);
+    if (zeroGaps && s.at > covered) buf.fill(0, covered, s.at);
+    if (s.position < 0) buf.fill(0, s.at, s.at + s.length);
     covered = s.at + s.length;
   }
-  if (covered < length) buf.fill(0, covered);
+  if (zeroGaps && covered < buf.length) buf.fill(0, covered);
   for (let k = 0; k < count; ) {
     const first = seg(k);
+    if (first.position < 0) {
+      k++;
+      continue;
+    }
     const views = [buf.subarray(first.at, first.at + first.length)];
     let end = first.position + first.length;
     let j = k + 1;
@@ -94,7 +103,6 @@ function preadv(fd: number, length: number, segAt: number, count: number): Uint8
     }
     k = j;
   }
-  return buf;
 }
 
 function pwriteFull(fd: number, data: Uint8Array, position: number): void {
@@ -135,8 +143,20 @@ function serve(slot: number): void {
         break;
       }
       case OP_PREADV: {
-        const buf = preadv(fd, length, at, i32[ib + S_RESULT]);
+        // a fresh buffer of our own (its page faults are paid here); calloc'd fresh pages are zero already
+        const buf = new Uint8Array(length);
+        preadv(fd, buf, at, i32[ib + S_RESULT], false);
         port.postMessage({ data: buf.buffer } satisfies PortMessage, [buf.buffer]);
+        break;
+      }
+      case OP_PREADV_ARENA: {
+        const to = i32[ib + S_ARENA];
+        preadv(fd, arena.subarray(to, to + length), at, i32[ib + S_RESULT], false);
+        break;
+      }
+      case OP_PWRITE_ARENA: {
+        const from = i32[ib + S_ARENA];
+        pwriteFull(fd, arena.subarray(from, from + length), position);
         break;
       }
       case OP_PWRITE_SLAB:
@@ -165,9 +185,29 @@ function serve(slot: number): void {
   }
 }
 
+/**
+ * After serving, keep looking for the next request this long before sleeping. Falling asleep and
+ * being woken costs two futex calls and, in a VM, an inter-processor interrupt on each side
+ * (measured ~10 µs of main-thread time per wake-up); a request that follows closely — the next
+ * one of a qd1 stream comes ~10 µs after a completion — is picked up at once instead.
+ * Measured on the 2-core VM: a 4 KiB allocating write at qd1 takes 24 µs instead of 55 µs;
+ * backups and qd16 streams neither gain nor lose.
+ */
+const SPIN_MS = 0.03;
+const pause = (Atomics as unknown as { pause?: () => void }).pause?.bind(Atomics) ?? (() => undefined);
+
 let done = 0;
 for (;;) {
   let submitted = Atomics.load(ctrl, CTRL_SUBMITTED);
+  if (submitted === done) {
+    const until = performance.now() + SPIN_MS;
+    while (submitted === done && performance.now() < until) {
+      for (let i = 0; i < 32 && submitted === done; i++) {
+        pause();
+        submitted = Atomics.load(ctrl, CTRL_SUBMITTED);
+      }
+    }
+  }
   if (submitted === done) {
     // announce the sleep, then look once more: a request published in between is not missed
     // (the main thread notifies only when it takes SLEEPING down from 1)

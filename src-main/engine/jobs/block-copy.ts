@@ -2,6 +2,7 @@ import type { Drive } from '../drive.js';
 import { SharedBits } from '../bitmap/shared-bits.js';
 import type { BackupTarget } from './backup-target.js';
 import { JobIoError } from './job.js';
+import type { Lent } from '../io/file-handle.js';
 
 /** Largest chunk one copy task moves (QEMU's block-copy buffer chunk). */
 export const MAX_CHUNK = 1 << 20;
@@ -111,22 +112,29 @@ export class BlockCopy {
     } catch (err) {
       throw new JobIoError('read', err);
     }
-    // data extents close together (data at least half the span): one read for the span, whose
-    // gaps read as zeros without I/O; only the data extents are written
+    // all data extents in one read, into a buffer lent by the I/O layer (no allocation; the
+    // target writes straight from it); only the data extents are written
     const data = extents.filter((e) => !e.zero);
-    let span: { offset: number; bytes: Uint8Array } | undefined;
-    if (data.length > 1) {
-      const first = data[0].offset;
-      const end = data[data.length - 1].offset + data[data.length - 1].length;
-      if (data.reduce((n, e) => n + e.length, 0) * 2 >= end - first) span = { offset: first, bytes: await this.readSource(first, end - first) };
-    }
-    for (const e of extents) {
-      if (e.zero) {
-        if (!this.options.targetStartsZeroed) await this.targetOp(() => this.target.writeZeroes(e.offset, e.length));
-        continue;
+    let lent: Lent | undefined;
+    if (data.length > 0 && this.source.driver.readLent) {
+      try {
+        lent = await this.source.driver.readLent(data);
+      } catch (err) {
+        throw new JobIoError('read', err);
       }
-      const bytes = span ? span.bytes.subarray(e.offset - span.offset, e.offset - span.offset + e.length) : await this.readSource(e.offset, e.length);
-      await this.targetOp(() => this.target.write(e.offset, bytes));
+    }
+    try {
+      for (const e of extents) {
+        if (e.zero) {
+          if (!this.options.targetStartsZeroed) await this.targetOp(() => this.target.writeZeroes(e.offset, e.length));
+          continue;
+        }
+        const at = e.offset - data[0].offset;
+        const bytes = lent ? lent.bytes.subarray(at, at + e.length) : await this.readSource(e.offset, e.length);
+        await this.targetOp(() => this.target.write(e.offset, bytes));
+      }
+    } finally {
+      lent?.release();
     }
   }
 

@@ -27,8 +27,9 @@ export interface ClusterMapOptions {
  * Guest cluster → host mapping: the L1 table (kept in memory) and a bounded cache of L2 tables.
  * Lookups need no lock; `ensureL2`, `setEntries` and the writeback methods must run under the
  * metadata lock. Updates change memory only (writeback): `writeTables` writes the changed L2
- * tables, then `writeL1` the changed L1 entries; the driver calls them in its crash-safe order
- * (a new L2 table is on disk before the L1 entry that points at it).
+ * tables, `writeL1` the changed L1 entries; the driver calls them in its crash-safe order. A new
+ * L2 table is written zeroed when it is allocated, so it is on disk (after the writeback's first
+ * sync) before the L1 entry that points at it.
  */
 export class ClusterMap {
   readonly l2Entries: number;
@@ -45,6 +46,8 @@ export class ClusterMap {
   private readonly hostEnd: () => number;
   /** L1 entries changed in memory, not yet written */
   private readonly l1Dirty = new Set<number>();
+  /** those of them whose new table is not on disk yet (its early zeroing failed) */
+  private readonly l1AfterTables = new Set<number>();
 
   constructor(o: ClusterMapOptions) {
     this.file = o.file;
@@ -116,12 +119,21 @@ export class ClusterMap {
       return existing;
     }
     const offset = (await allocator.allocate(1)) * this.cs;
-    // the whole (zeroed) table is written at writeback: the cluster may be a reused one
     this.cache.set(offset, new Uint8Array(this.cs));
-    this.cache.markDirty(offset, 0, this.cs);
     this.metadata.addL2(offset);
     encodeL2(this.l1View, l1Index, offset, { copied: true, zero: false });
     this.l1Dirty.add(l1Index);
+    // The table goes out zeroed now (the cluster may be a reused one holding old bytes), so by
+    // the writeback's first sync the L1 entry can only ever point at a valid table: it may then be
+    // written with the entries. If this write fails, the (empty) table stays, to be written whole
+    // before its L1 entry; the caller's write fails.
+    try {
+      await this.file.pwrite(offset, new Uint8Array(this.cs));
+    } catch (err) {
+      this.cache.markDirty(offset, 0, this.cs);
+      this.l1AfterTables.add(l1Index);
+      throw err;
+    }
     return offset;
   }
 
@@ -172,6 +184,11 @@ export class ClusterMap {
     return this.l1Dirty.size > 0;
   }
 
+  /** Whether an L1 entry must wait for the L2 tables to be synced (else it may go out with them). */
+  get l1WaitsForTables(): boolean {
+    return this.l1AfterTables.size > 0;
+  }
+
   /** Writes every changed L2 table (the changed range of each; a new table whole). What fails stays dirty. */
   writeTables(): Promise<number> {
     return writeDirty(this.cache, (at, bytes) => this.file.pwrite(at, bytes));
@@ -190,7 +207,8 @@ export class ClusterMap {
       const a = indices[i];
       const b = indices[j - 1] + 1;
       runs.push([a, b]);
-      writes.push(this.file.pwrite(this.l1TableOffset + a * 8, this.l1.slice(a * 8, b * 8)));
+      // a handle may throw rather than reject: keep every write's outcome a promise
+      writes.push(Promise.resolve().then(() => this.file.pwrite(this.l1TableOffset + a * 8, this.l1.slice(a * 8, b * 8))));
       i = j;
     }
     const results = await Promise.allSettled(writes);
@@ -199,5 +217,6 @@ export class ClusterMap {
       for (const [a, b] of runs) for (let k = a; k < b; k++) this.l1Dirty.add(k);
       throw (results[failed] as PromiseRejectedResult).reason;
     }
+    this.l1AfterTables.clear();
   }
 }

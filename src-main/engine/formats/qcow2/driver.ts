@@ -1,5 +1,5 @@
 import { TidemarkError } from '../../../../src-shared/errors.js';
-import type { FileHandle } from '../../io/file-handle.js';
+import type { FileHandle, Lent } from '../../io/file-handle.js';
 import { actualSize } from '../actual-size.js';
 import { Mutex, RangeLock } from '../async-lock.js';
 import { checkRequest, closedImage, readOnlyImage } from '../image-errors.js';
@@ -7,10 +7,10 @@ import type { BlockDriver, BlockExtent, ImageInfo } from '../types.js';
 import { qcow2BlockStatus } from './block-status.js';
 import { ClusterMap, type EntryDecision } from './cluster-map.js';
 import { compressCluster, encodeCompressed } from './compressed.js';
-import { AUTOCLEAR_KEPT, INCOMPAT_DIRTY } from './constants.js';
+import { AUTOCLEAR_KEPT, HI_COPIED, INCOMPAT_DIRTY } from './constants.js';
 import { serializeHeader, type HeaderExtension, type Qcow2Header } from './header.js';
 import { HostAllocator } from './host-allocator.js';
-import { encodeL2, type ClusterMapping } from './l2-entry.js';
+import type { ClusterMapping } from './l2-entry.js';
 import { MetaGuard } from './meta-guard.js';
 import { MetadataMap } from './metadata-map.js';
 import { readQcow2State, type Qcow2OpenOptions, type Qcow2State } from './open-qcow2.js';
@@ -34,11 +34,9 @@ function writeClass(m: ClusterMapping): WriteClass {
   return 'alloc';
 }
 
-/** Raw L2 entry of a data cluster we own. */
+/** Raw L2 entry of a data cluster we own (what encodeL2 writes with COPIED set, without a DataView per entry). */
 function dataEntry(host: number): EntryDecision {
-  const view = new DataView(new ArrayBuffer(8));
-  encodeL2(view, 0, host, { copied: true, zero: false });
-  return { hi: view.getUint32(0), lo: view.getUint32(4), free: false };
+  return { hi: (HI_COPIED | Math.floor(host / 2 ** 32)) >>> 0, lo: host % 2 ** 32, free: false };
 }
 
 /**
@@ -54,12 +52,15 @@ function dataEntry(host: number): EntryDecision {
  * durable before the next one is written, so a crash at any point leaves the image consistent or
  * merely leaking:
  *   1. refcount blocks (in-memory refcounts never count less than the file references),
- *   2. fsync, refcount table entries pointing at new blocks,
- *   3. fsync (data first), L2 tables,
- *   4. fsync, L1 entries pointing at new L2 tables,
- *   5. fsync, then the host clusters that the written L2 changes unlinked are freed — only now
+ *   2. fsync, refcount table entries pointing at new blocks (a block counted by another new
+ *      block only after that one's entry, an fsync between),
+ *   3. fsync (data first, and new L2 tables, which are written zeroed when allocated), the
+ *      changed L2 entries and the L1 entries pointing at new tables — any subset of them on disk
+ *      is consistent (an L1 entry must wait for another fsync only if its table's zeroing failed),
+ *   4. fsync, then the host clusters that the written L2 changes unlinked are freed — only now
  *      can they be reused, so the file never points two ways at one cluster,
- *   6. (flush/close) the refcount blocks again, and a final fsync.
+ *   5. (flush/close) the refcount blocks again, and a final fsync.
+ * A flush after allocating writes costs two fsyncs; with freed clusters, three.
  * The contract: a write acknowledged before a crash may be lost unless a flush completed after
  * it (as with QEMU's cache=writeback); the image is never corrupt; `flush()` makes every write
  * acknowledged before it durable.
@@ -183,6 +184,22 @@ export class Qcow2Driver implements BlockDriver {
       const release = await this.lockRange(offset, length, false);
       try {
         return await this.reader.read(offset, length);
+      } finally {
+        release();
+      }
+    });
+  }
+
+  readLent(ranges: readonly { offset: number; length: number }[]): Promise<Lent | undefined> {
+    return this.track(async () => {
+      if (ranges.length === 0) return undefined;
+      for (const r of ranges) checkRequest(this.path, 'read', r.offset, r.length, this.virtualSize);
+      const first = ranges[0].offset;
+      const last = ranges[ranges.length - 1];
+      if (last.offset + last.length <= first) return undefined;
+      const release = await this.lockRange(first, last.offset + last.length - first, false);
+      try {
+        return await this.reader.readLent(ranges);
       } finally {
         release();
       }
@@ -658,12 +675,12 @@ export class Qcow2Driver implements BlockDriver {
         await sync();
         await refcounts.writeTable();
       }
-      if (this.map.dirtyTables > 0) {
+      if (this.map.dirtyTables > 0 || this.map.hasDirtyL1) {
+        // data, refcounts, and new L2 tables (zeroed when allocated) first
         await sync();
+        const l1Waits = this.map.l1WaitsForTables;
         await this.map.writeTables();
-      }
-      if (this.map.hasDirtyL1) {
-        await sync();
+        if (l1Waits) await sync();
         await this.map.writeL1();
       }
       if (allocator.releasedCount > 0) {

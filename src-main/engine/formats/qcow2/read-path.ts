@@ -1,4 +1,4 @@
-import type { FileHandle } from '../../io/file-handle.js';
+import type { FileHandle, Lent, ReadSegment } from '../../io/file-handle.js';
 import { corruptImage } from '../image-errors.js';
 import type { BlockDriver } from '../types.js';
 import type { ClusterMap } from './cluster-map.js';
@@ -99,6 +99,68 @@ export class ReadPath {
       if (r.value.bytes) buf.set(r.value.bytes, r.value.at);
     }
     return buf;
+  }
+
+  /**
+   * Guest ranges (sorted, not overlapping) into a lent buffer (see BlockDriver.readLent): data
+   * runs and zero runs in one request, backing and compressed data filled in here.
+   */
+  async readLent(ranges: readonly { offset: number; length: number }[]): Promise<Lent | undefined> {
+    if (!this.file.preadLent || ranges.length === 0) return undefined;
+    const cs = this.cs;
+    const base = ranges[0].offset;
+    const last = ranges[ranges.length - 1];
+    const segments: ReadSegment[] = [];
+    const extras: Promise<{ at: number; length: number; bytes: Uint8Array | undefined }>[] = [];
+    try {
+      for (const r of ranges) {
+        if (r.length <= 0) continue;
+        const c0 = Math.floor(r.offset / cs);
+        const n = Math.floor((r.offset + r.length - 1) / cs) - c0 + 1;
+        const maps = await this.map.mapRange(c0, n);
+        const end = r.offset + r.length;
+        for (let i = 0; i < n; ) {
+          const j = runEnd(maps, i, cs);
+          const m = maps[i];
+          const start = Math.max(r.offset, (c0 + i) * cs);
+          const length = Math.min(end, (c0 + j) * cs) - start;
+          const at = start - base;
+          if (m.kind === 'normal') {
+            this.checkHost(m.host, j - i, c0 + i);
+            segments.push({ position: m.host + (start - (c0 + i) * cs), length, at });
+          } else if (m.kind === 'zero' || m.kind === 'zero-alloc' || (m.kind === 'unallocated' && this.readsAsZero(m, c0 + i) && this.readsAsZero(m, c0 + j - 1))) {
+            segments.push({ position: -1, length, at });
+          } else if (m.kind === 'unallocated') {
+            extras.push(this.readBacking(start, length).then((bytes) => ({ at, length, bytes })));
+          } else {
+            const inCluster = start - (c0 + i) * cs;
+            extras.push(this.readCompressed(m, c0 + i).then((d) => ({ at, length, bytes: d.subarray(inCluster, inCluster + length) })));
+          }
+          i = j;
+        }
+      }
+    } catch (err) {
+      await Promise.allSettled(extras);
+      throw err;
+    }
+    let lent: Lent | undefined;
+    try {
+      lent = await this.file.preadLent(segments, last.offset + last.length - base);
+    } finally {
+      // a failed read must not leave the extras' rejections unobserved
+      await Promise.allSettled(extras);
+    }
+    if (!lent) return undefined;
+    try {
+      for (const e of await Promise.all(extras)) {
+        if (e.bytes) lent.bytes.set(e.bytes, e.at);
+        else lent.bytes.fill(0, e.at, e.at + e.length);
+      }
+    } catch (err) {
+      lent.release();
+      throw err;
+    }
+    return lent;
   }
 
   /** Backing data for a guest range; undefined when it reads as zeros (no backing, or past its end). */

@@ -1,0 +1,210 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { FileError } from './file-errors.js';
+import type { FileHandle } from './file-handle.js';
+import { IoPool } from './pool.js';
+
+/** Deterministic bytes (so a mismatch shows where). */
+function bytes(length: number, seed: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let x = seed * 2654435761 || 1;
+  for (let i = 0; i < length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+let dir: string;
+let pool: IoPool;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'tidemark-pool-'));
+  pool = new IoPool(2);
+});
+afterAll(async () => {
+  await pool.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function fileWith(name: string, content: Uint8Array): Promise<{ path: string; file: FileHandle }> {
+  const path = join(dir, name);
+  await writeFile(path, content);
+  return { path, file: await pool.open(path, { readOnly: false }) };
+}
+
+describe('IoPool', () => {
+  test('reads small (slab) and large (worker buffer) ranges, zeros past EOF, and empty ranges', async () => {
+    const content = bytes(3 * 2 ** 20 + 123, 1);
+    const { file } = await fileWith('read.bin', content);
+    try {
+      for (const [at, n] of [
+        [0, 4096],
+        [5, 100],
+        [1000, 16384],
+        [1000, 16385],
+        [2 ** 20 - 7, 2 ** 20 + 9],
+      ]) {
+        expect(Buffer.compare(await file.pread(at, n), content.subarray(at, at + n)), `${n} at ${at}`).toBe(0);
+      }
+      // past EOF: the rest reads as zeros, whatever the path
+      for (const n of [4096, 300_000]) {
+        const at = content.length - 50;
+        const got = await file.pread(at, n);
+        expect(got.length).toBe(n);
+        expect(Buffer.compare(got.subarray(0, 50), content.subarray(at))).toBe(0);
+        expect(got.subarray(50).every((b) => b === 0)).toBe(true);
+      }
+      expect((await file.pread(10, 0)).length).toBe(0);
+    } finally {
+      await file.close();
+    }
+  });
+
+  test('a write takes its bytes at once: the caller may reuse its buffer, also when the request had to wait', async () => {
+    const { path, file } = await fileWith('write.bin', new Uint8Array(0));
+    try {
+      const expected = new Uint8Array(8 * 2 ** 20 + 4096);
+      const buf = new Uint8Array(64 * 1024);
+      const writes: Promise<void>[] = [];
+      // more requests than the ring has slots, more bytes than the data ring holds: some wait
+      for (let k = 0; k < 600; k++) {
+        const n = k % 3 === 0 ? 64 * 1024 : 4096;
+        const data = bytes(n, k + 10);
+        buf.set(data);
+        const at = ((k * 7919) % 128) * 65536;
+        writes.push(file.pwrite(at, buf.subarray(0, n)));
+        expected.set(data, at);
+        buf.fill(0xee); // overwritten right after the call
+      }
+      // one larger than the data ring allows (sent as a copy)
+      const big = bytes(3 * 2 ** 20, 99);
+      const bigWrite = file.pwrite(5 * 2 ** 20, big);
+      expected.set(big, 5 * 2 ** 20);
+      big.fill(1);
+      await Promise.all([...writes, bigWrite]);
+      await file.sync();
+      const onDisk = await readFile(path);
+      expect(Buffer.compare(onDisk, expected.subarray(0, onDisk.length))).toBe(0);
+      expect(onDisk.length).toBe(8 * 2 ** 20);
+    } finally {
+      await file.close();
+    }
+  });
+
+  test('concurrent reads of every size all come back right', async () => {
+    const content = bytes(4 * 2 ** 20, 2);
+    const { file } = await fileWith('many.bin', content);
+    try {
+      const reads = Array.from({ length: 700 }, (_, k) => {
+        const n = [512, 4096, 20_000, 65536, 300_000][k % 5];
+        const at = (k * 104729) % (content.length - n);
+        return file.pread(at, n).then((got) => Buffer.compare(got, content.subarray(at, at + n)));
+      });
+      expect(new Set(await Promise.all(reads))).toEqual(new Set([0]));
+    } finally {
+      await file.close();
+    }
+  });
+
+  test('preadv: scattered ranges in one request, zeros between them and past EOF', async () => {
+    const content = bytes(2 ** 20, 3);
+    const { file } = await fileWith('scatter.bin', content);
+    try {
+      const segments = [
+        { position: 4096, length: 8192, at: 100 },
+        { position: 12288, length: 4096, at: 20_000 }, // follows the first in the file: one preadv
+        { position: 500_000, length: 1000, at: 30_000 },
+        { position: content.length - 10, length: 100, at: 40_000 }, // runs past EOF
+      ];
+      const got = await file.preadv!(segments, 50_000);
+      const want = new Uint8Array(50_000);
+      for (const s of segments) want.set(content.subarray(s.position, Math.min(content.length, s.position + s.length)), s.at);
+      expect(Buffer.compare(got, want)).toBe(0);
+    } finally {
+      await file.close();
+    }
+  });
+
+  test('preadLent: a lent buffer filled in place (zero segments too), written from without a copy, reusable after release', async () => {
+    const content = bytes(2 ** 20, 4);
+    const { file } = await fileWith('lent-src.bin', content);
+    const { path: outPath, file: out } = await fileWith('lent-dst.bin', new Uint8Array(0));
+    try {
+      const lent = await file.preadLent!(
+        [
+          { position: 0, length: 4096, at: 0 },
+          { position: -1, length: 4096, at: 4096 },
+          { position: 65536, length: 65536, at: 65536 },
+        ],
+        131072,
+      );
+      expect(lent).toBeDefined();
+      const b = lent!.bytes;
+      expect(b.length).toBe(131072);
+      expect(Buffer.compare(b.subarray(0, 4096), content.subarray(0, 4096))).toBe(0);
+      expect(b.subarray(4096, 8192).every((x) => x === 0)).toBe(true);
+      expect(Buffer.compare(b.subarray(65536), content.subarray(65536, 131072))).toBe(0);
+      await out.pwrite(0, b.subarray(65536));
+      await out.pwrite(65536, b.subarray(0, 8192));
+      lent!.release();
+      lent!.release(); // a second release is harmless
+      const written = await readFile(outPath);
+      expect(Buffer.compare(written.subarray(0, 65536), content.subarray(65536, 131072))).toBe(0);
+      expect(Buffer.compare(written.subarray(65536, 65536 + 4096), content.subarray(0, 4096))).toBe(0);
+      expect(written.subarray(65536 + 4096).every((x) => x === 0)).toBe(true);
+
+      // the pool lends a bounded number of buffers: when all are out, undefined (read normally then)
+      const held = [];
+      for (;;) {
+        const l = await file.preadLent!([{ position: 0, length: 512, at: 0 }], 512);
+        if (!l) break;
+        held.push(l);
+        expect(held.length).toBeLessThan(1000);
+      }
+      expect(held.length).toBeGreaterThan(0);
+      expect(await file.preadLent!([{ position: 0, length: 10, at: 0 }], 2 ** 21)).toBeUndefined(); // too large to lend
+      held.pop()!.release();
+      const again = await file.preadLent!([{ position: 10, length: 10, at: 0 }], 10);
+      expect(Buffer.compare(again!.bytes, content.subarray(10, 20))).toBe(0);
+      again!.release();
+      for (const l of held) l.release();
+    } finally {
+      await file.close();
+      await out.close();
+    }
+  });
+
+  test('sha256 is hashed on a worker', async () => {
+    const content = bytes(5 * 2 ** 20 + 17, 5);
+    const { path, file } = await fileWith('hash.bin', content);
+    await file.close();
+    expect(await pool.hashFile(path)).toBe(createHash('sha256').update(content).digest('hex'));
+  });
+
+  test('errors carry the errno: a write to a read-only file, a read of a closed descriptor', async () => {
+    const { path } = await fileWith('ro.bin', bytes(4096, 6));
+    const ro = await pool.open(path, { readOnly: true });
+    await expect(ro.pwrite(0, new Uint8Array(10))).rejects.toMatchObject({ errno: 'EBADF' });
+    await ro.close();
+    const err = await ro.pread(0, 4096).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(FileError);
+    expect((err as FileError).errno).toBe('EBADF');
+    await expect(pool.open(join(dir, 'missing', 'x'), { readOnly: true })).rejects.toMatchObject({ code: 'FILE_NOT_FOUND' });
+  });
+
+  test('a closed pool fails what is pending and refuses what comes', async () => {
+    const own = new IoPool(1);
+    const { path } = await fileWith('closing.bin', bytes(2 ** 20, 7));
+    const file = await own.open(path, { readOnly: true });
+    const pending = Array.from({ length: 50 }, (_, k) => file.pread(k * 4096, 4096).then(() => 'ok', () => 'failed'));
+    await own.close();
+    const outcomes = await Promise.all(pending);
+    expect(outcomes.every((o) => o === 'ok' || o === 'failed')).toBe(true);
+    await expect(file.pread(0, 10)).rejects.toBeInstanceOf(Error);
+  });
+});
