@@ -123,10 +123,18 @@ export class BackupJob extends Job {
       // only CBW copies are in flight: wait for them to land
       await this.sleep(5);
     }
-    try {
-      await this.target.flush();
-    } catch (err) {
-      throw new JobIoError('write', err);
+    // the target's metadata is written back here (qcow2 writeback): a failure is a target write
+    // error like any other — reported by policy; after a stop the flush is simply tried again
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.target.flush();
+        break;
+      } catch (err) {
+        const failure = new JobIoError('write', err);
+        // 'ignore' retries, but a flush that keeps failing must end the job, not spin forever
+        if (attempt >= 10) throw failure;
+        await this.onIoError(failure, this.config.onTargetError);
+      }
     }
     this.updateTotal();
   }

@@ -40,6 +40,9 @@ export class ImageTarget implements BackupTarget {
     this.supportsCompression = canCompress(driver);
   }
   async recover(): Promise<void> {
+    // a qcow2 keeps metadata it has not written yet in memory: a reopen would drop it (and with it
+    // clusters already copied), so it is flushed first — and if that fails, so does the recovery
+    await this.driver.flush();
     await this.driver.close().catch(() => {});
     this.driver = await this.reopen();
   }
