@@ -137,6 +137,9 @@ async function openTarget(engine: BlockEngine, source: Drive, spec: BackupTarget
   } else if (format === 'qcow2' && sync === 'none') {
     backingFile = info.path;
     backingFormat = info.format;
+    // the new image reads the source through its own open of the file: metadata the source
+    // still holds in its write-back cache must be on disk first, or it would read the past
+    await source.flush();
   }
   await createImage(path, { format, virtualSize: source.virtualSize, backingFile, backingFormat, opener: engine.opener });
   try {
