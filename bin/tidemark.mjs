@@ -15,13 +15,23 @@ if (major < REQUIRED_MAJOR) {
     console.error(`tidemark: needs Node ${REQUIRED_MAJOR}+ (this is ${process.versions.node}); run \`npm install\` in ${root} to get the pinned runtime.`);
     process.exit(1);
   }
-  const child = spawn(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
+  // an IPC channel ties the child's life to ours: if this process is killed outright (SIGKILL),
+  // the channel closes and the child dies the same way instead of living on as an orphan
+  const child = spawn(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+    stdio: ['inherit', 'inherit', 'inherit', 'ipc'],
+    env: { ...process.env, TIDEMARK_REEXEC: '1' },
+  });
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
   child.on('exit', (code, signal) => {
     if (signal) process.kill(process.pid, signal);
     else process.exit(code ?? 1);
   });
 } else {
+  if (process.env.TIDEMARK_REEXEC === '1' && process.connected) {
+    process.on('disconnect', () => process.kill(process.pid, 'SIGKILL'));
+    // the channel must not keep us alive on its own
+    process.channel?.unref();
+  }
   const cli = `${root}dist/main/cli.mjs`;
   if (!existsSync(cli) || !existsSync(`${root}dist/renderer/index.html`)) {
     // a fresh clone: build once, quietly, so `node bin/tidemark.mjs` just works
