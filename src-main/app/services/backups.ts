@@ -235,7 +235,7 @@ export class BackupService {
       if (free < bytes * 1.05 + SPACE_MARGIN) {
         throw new TidemarkError(
           'NO_SPACE',
-          `Not enough free space in '${folder}': the backup needs about ${mib(bytes)} plus ${mib(SPACE_MARGIN)} of margin, and ${mib(free)} is free.`,
+          `Not enough free space in '${folder}': the backup needs about ${formatSize(bytes)} plus ${formatSize(SPACE_MARGIN)} of margin, and ${formatSize(free)} is free.`,
         );
       }
     }
@@ -391,9 +391,6 @@ export class BackupService {
   }
 }
 
-function mib(bytes: number): string {
-  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
-}
 
 export function toApiPoint(p: PointRow, n: number | null): BackupPoint {
   return {

@@ -7,6 +7,7 @@ import type { ChainsRepo, PointRow } from '../catalog/chains-repo.js';
 import type { EventBus } from '../router/router.js';
 import type { Preflight, RestoreReport, RestoreTarget } from '../../../src-shared/api/domain.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
+import { formatSize } from '../../../src-shared/size.js';
 import type { BackupService } from './backups.js';
 import type { DrivesService } from './drives.js';
 import type { JobsService } from './jobs.js';
@@ -104,8 +105,8 @@ export class RestoreService {
       label: 'Free space at the target',
       ok: spaceOk,
       detail: chainProblem
-        ? `${mib(free)} free in '${folder}'; how much the restore needs can't be told until the chain is sound.`
-        : `${mib(free)} free in '${folder}'; the restore needs about ${mib(dataBytes)}${spaceOk ? '.' : ` plus a margin of ${mib(SPACE_MARGIN)}.`}`,
+        ? `${formatSize(free)} free in '${folder}'; how much the restore needs can't be told until the chain is sound.`
+        : `${formatSize(free)} free in '${folder}'; the restore needs about ${formatSize(dataBytes)}${spaceOk ? '.' : ` plus a margin of ${formatSize(SPACE_MARGIN)}.`}`,
     });
 
     checks.push(await this.targetCheck(driveId, n, target, folder));
@@ -270,6 +271,3 @@ export class RestoreService {
   }
 }
 
-function mib(bytes: number): string {
-  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
-}
