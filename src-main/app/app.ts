@@ -15,6 +15,34 @@ import { GroupsRepo } from './catalog/groups-repo.js';
 import { JobsRepo } from './catalog/jobs-repo.js';
 import { TidemarkError } from '../../src-shared/errors.js';
 import { NbdServer } from '../engine/protocols/nbd/server.js';
+import { runTransaction, type TransactionAction } from '../engine/jobs/transaction.js';
+import type { RequestParams } from '../../src-shared/api/contract.js';
+
+type AppAction = RequestParams<'jobs.transaction'>['actions'][number];
+
+/** App transaction actions (by drive id) → the engine's (QMP's) actions. */
+function toEngineAction(a: AppAction): TransactionAction {
+  switch (a.type) {
+    case 'bitmap-add':
+      return { type: 'block-dirty-bitmap-add', node: a.driveId, name: a.name, options: { granularity: a.granularity, persistent: a.persistent, disabled: a.disabled } };
+    case 'bitmap-merge':
+      return { type: 'block-dirty-bitmap-merge', node: a.driveId, target: a.target, sources: a.sources };
+    case 'backup':
+      return {
+        type: 'drive-backup',
+        params: {
+          device: a.driveId,
+          sync: a.sync,
+          bitmap: a.bitmap,
+          bitmapMode: a.bitmapMode,
+          speed: a.speed,
+          target: { kind: 'file', path: a.target, format: a.format, mode: a.mode ?? 'absolute-paths' },
+        },
+      };
+    default:
+      return { type: `block-dirty-${a.type}` as 'block-dirty-bitmap-clear', node: a.driveId, name: a.name };
+  }
+}
 import { APP_VERSION } from './version.js';
 
 export interface AppOptions {
@@ -131,6 +159,11 @@ export class TidemarkApp {
         'restore.preflight': (p) => this.restore.preflight(p.driveId, p.n, p.target),
         'restore.start': (p) => this.restore.start(p.driveId, p.n, p.target, p.confirm),
         'restore.report': async (p) => this.restore.report(p.jobId),
+        'jobs.transaction': async (p) => {
+          const jobs = await runTransaction(this.engine, p.actions.map(toEngineAction), p.completionMode ?? 'individual');
+          for (const j of jobs) this.jobs.track(j, { driveId: j.source.id, label: 'backup', kind: 'backup' });
+          return { jobs: jobs.map((j) => j.id) };
+        },
         'jobs.setSpeed': async (p) => (this.jobs.setSpeed(p.id, p.speed), {}),
       },
       options.log,

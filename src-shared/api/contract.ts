@@ -22,6 +22,26 @@ import {
 
 const BitmapRef = z.object({ driveId: DriveIdSchema, name: z.string().min(1) }).strict();
 
+/** One action of an app-level transaction (QEMU's transaction actions, addressed by drive id). */
+const TransactionActionSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('bitmap-add'), driveId: DriveIdSchema, name: BitmapNameSchema, granularity: GranularitySchema.optional(), persistent: z.boolean().optional(), disabled: z.boolean().optional() }).strict(),
+  z.object({ type: z.enum(['bitmap-remove', 'bitmap-clear', 'bitmap-enable', 'bitmap-disable']), driveId: DriveIdSchema, name: z.string().min(1) }).strict(),
+  z.object({ type: z.literal('bitmap-merge'), driveId: DriveIdSchema, target: z.string().min(1), sources: z.array(z.string().min(1)).min(1) }).strict(),
+  z
+    .object({
+      type: z.literal('backup'),
+      driveId: DriveIdSchema,
+      target: z.string().min(1).max(4096),
+      format: ImageFormatSchema.optional(),
+      mode: z.enum(['existing', 'absolute-paths']).optional(),
+      sync: z.enum(['full', 'top', 'none', 'incremental', 'bitmap']),
+      bitmap: z.string().min(1).optional(),
+      bitmapMode: z.enum(['on-success', 'never', 'always']).optional(),
+      speed: z.number().int().nonnegative().optional(),
+    })
+    .strict(),
+]);
+
 /**
  * The one API contract between the renderer and the main process, whichever host carries it
  * (Electron IPC or the web console's WebSocket). Each request: name → input schema → output
@@ -127,6 +147,11 @@ export const requests = {
     output: RestoreReportSchema,
   },
   'restore.report': { input: z.object({ jobId: z.string().min(1) }).strict(), output: RestoreReportSchema },
+  /** QEMU's transaction: every action or none; all backups in it share one point in time */
+  'jobs.transaction': {
+    input: z.object({ actions: z.array(TransactionActionSchema), completionMode: z.enum(['individual', 'grouped']).optional() }).strict(),
+    output: z.object({ jobs: z.array(z.string()) }),
+  },
   'jobs.setSpeed': { input: z.object({ id: z.string().min(1), speed: z.number().int().nonnegative() }).strict(), output: z.object({}) },
 } as const;
 
