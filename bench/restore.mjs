@@ -4,9 +4,12 @@
 // The chain: a 4 GiB base with 1 GiB of data, then 9 qcow2 overlays (each backed by the previous
 // one), each holding ~114 MiB of new data in 64 KiB pieces scattered over the disk — 2 GiB of
 // data in the chain (BENCH_QUICK=1: 1 GiB disk, 512 MiB data). Tidemark's restore job copies the
-// data and then verifies it (reads both sides and compares sha256 of the guest-visible contents);
-// qemu-img convert only copies. So the table shows Tidemark (copy + verify) against convert, and
-// against convert followed by `qemu-img compare` (the same guarantee by QEMU's tools).
+// data (hashing each MiB as it goes) and then verifies the result (reads the restored image back
+// and compares the hashes); qemu-img convert only copies. So the table shows the copy phase
+// (the job's own clock, up to a complete image made durable by fsync) against convert followed
+// by `sync FILE` (the same durability; convert itself does not fsync), and the whole
+// restore against convert followed by `qemu-img compare` (the same guarantee by QEMU's tools).
+// Best of 3 rounds per side, alternating which side goes first.
 import { join } from 'node:path';
 import { BlockEngine, RestoreJob } from '../dist/main/engine.mjs';
 import { GiB, KiB, MiB, fmtBytes, fmtMs, fmtRate, log, now, printTable, prng, quick, removeFile, sh } from './lib/util.mjs';
@@ -35,16 +38,16 @@ async function buildChain(dir, disk, data) {
 }
 
 async function tidemarkRestore(engine, top, target, format) {
-  const job = new RestoreJob({ id: `r${Math.floor(Math.random() * 1e9)}`, pointFile: top, targetPath: target, format, compress: false, opener: engine.opener, hashFile: (p) => engine.pool.hashFile(p) }, engine.jobs.sink, engine.jobs.onNull);
+  const job = new RestoreJob({ id: `r${Math.floor(Math.random() * 1e9)}`, pointFile: top, targetPath: target, format, compress: false, opener: engine.opener, digest: (offset, parts) => engine.pool.contentDigest(offset, parts) }, engine.jobs.sink, engine.jobs.onNull);
   engine.jobs.add(job);
   const t = now();
   job.start();
   await job.gone;
   if (!job.report?.verified) throw new Error(`restore failed: ${job.error}`);
-  return now() - t;
+  return { total: now() - t, copy: job.report.copyMs, verify: job.report.verifyMs };
 }
 
-export async function run({ dir }) {
+export async function run({ dir, reps = 3 }) {
   const disk = quick ? GiB : 4 * GiB;
   const data = quick ? 512 * MiB : 2 * GiB;
   log(`restore: building a 10-link chain of a ${fmtBytes(disk)} disk with ${fmtBytes(data)} of data`);
@@ -56,14 +59,48 @@ export async function run({ dir }) {
       const ours = join(dir, `tm.${format}`);
       const theirs = join(dir, `qemu.${format}`);
       await sh('sync', []);
-      const tm = await tidemarkRestore(engine, top, ours, format);
-      await sh('sync', []);
-      const conv = (await sh('qemu-img', ['convert', '-f', 'qcow2', '-O', format, top, theirs])).ms;
-      const cmp = (await sh('qemu-img', ['compare', '-f', 'qcow2', '-F', format, top, theirs])).ms;
-      rows.push({ case: `flatten+verify to ${format} vs convert`, engine: `${fmtMs(tm)} (${fmtRate(data, tm)})`, peer: `${fmtMs(conv)} (${fmtRate(data, conv)})`, ratio: tm / conv, target: TARGET, ok: tm / conv <= 1.2 });
-      rows.push({ case: `flatten+verify to ${format} vs convert+compare`, engine: fmtMs(tm), peer: fmtMs(conv + cmp), ratio: tm / (conv + cmp), target: TARGET, ok: tm / (conv + cmp) <= 1.2 });
-      await removeFile(ours);
-      await removeFile(theirs);
+      // best of `reps` rounds, the two sides alternating which goes first
+      let tm;
+      let conv = Infinity;
+      let cmp = Infinity;
+      for (let r = 0; r < reps; r++) {
+        const sides = [
+          async () => {
+            await sh('sync', []);
+            const t = await tidemarkRestore(engine, top, ours, format);
+            if (!tm || t.total < tm.total) tm = t;
+            await removeFile(ours);
+          },
+          async () => {
+            await sh('sync', []);
+            // the same promise as a restore's: the image is on disk (fsync) when it says done
+            const converted = (await sh('qemu-img', ['convert', '-f', 'qcow2', '-O', format, top, theirs])).ms + (await sh('sync', [theirs])).ms;
+            conv = Math.min(conv, converted);
+            cmp = Math.min(cmp, (await sh('qemu-img', ['compare', '-f', 'qcow2', '-F', format, top, theirs])).ms);
+            await removeFile(theirs);
+          },
+        ];
+        if (r % 2 === 1) sides.reverse();
+        for (const side of sides) await side();
+      }
+      rows.push({
+        case: `flatten to ${format} vs convert+fsync`,
+        engine: `${fmtMs(tm.copy)} (${fmtRate(data, tm.copy)})`,
+        peer: `${fmtMs(conv)} (${fmtRate(data, conv)})`,
+        ratio: tm.copy / conv,
+        target: TARGET,
+        ok: tm.copy / conv <= 1.2,
+        note: 'until the image is complete and on disk',
+      });
+      rows.push({
+        case: `flatten+verify to ${format} vs convert+compare`,
+        engine: fmtMs(tm.total),
+        peer: fmtMs(conv + cmp),
+        ratio: tm.total / (conv + cmp),
+        target: TARGET,
+        ok: tm.total / (conv + cmp) <= 1.2,
+        note: `verify ${fmtMs(tm.verify)} vs compare ${fmtMs(cmp)}`,
+      });
     }
   } finally {
     await engine.close();

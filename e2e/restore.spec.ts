@@ -225,7 +225,7 @@ test('restore point 1 of a drive into a new raw file: every step, progress, veri
   // the hash, copied
   await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: tm.origin });
   await page.getByTestId('copy-source-hash').click();
-  await expect(page.getByTestId('toast').filter({ hasText: 'Copied the backup’s sha256' })).toBeVisible();
+  await expect(page.getByTestId('toast').filter({ hasText: 'Copied the backup’s content digest' })).toBeVisible();
   expect(await page.evaluate('navigator.clipboard.readText()')).toBe(sourceHash);
   await dismissToasts(page);
 

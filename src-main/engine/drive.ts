@@ -1,4 +1,6 @@
 import type { BlockDriver, BlockExtent } from './formats/types.js';
+import type { Lent } from './io/file-handle.js';
+import { readLent } from './formats/lend.js';
 import { TidemarkError } from '../../src-shared/errors.js';
 import { ERRNO_TEXT } from './io/file-errors.js';
 import { NodeBitmaps } from './bitmap/node-bitmaps.js';
@@ -52,6 +54,15 @@ export class Drive {
     return this.driver.read(offset, length);
   }
 
+  /**
+   * Like read, into memory lent by the I/O layer where it can (see formats/lend.ts): for
+   * callers that only pass the bytes on (NBD replies, copies) and can say when they are done.
+   */
+  readLent(offset: number, length: number): Promise<Lent> {
+    this.checkRange(offset, length);
+    return readLent(this.driver, offset, length);
+  }
+
   write(offset: number, data: Uint8Array): Promise<void> {
     this.checkWritable(offset, data.length);
     return this.guestWrite(offset, data.length, 'write', () => this.driver.write(offset, data));
@@ -98,10 +109,16 @@ export class Drive {
     this.inflight++;
     try {
       for (const hook of this.beforeWriteHooks) await hook(offset, length);
-      // QEMU marks bitmaps even when the write fails: the guest may have changed some of it
+      // Bitmaps are marked when the write completes (QEMU marks even when it fails: the guest may
+      // have changed some of it) — that order is what makes a clear racing the write safe. The
+      // marking itself is mostly cache misses (one bitmap word per bitmap, anywhere in up to
+      // 64 MiB of bits), so it is done once more ahead, while the I/O runs, off the write's
+      // latency: the completion then finds the words set and in cache.
+      const ahead = this.bitmaps.recording() ? setImmediate(this.markAhead, offset, length) : undefined;
       try {
         await op();
       } finally {
+        clearImmediate(ahead);
         this.notify(offset, length, kind);
       }
     } finally {
@@ -121,6 +138,8 @@ export class Drive {
     this.checkRange(offset, length);
     return this.driver.blockStatus(offset, length);
   }
+
+  private readonly markAhead = (offset: number, length: number): void => this.bitmaps.markWrite(offset, length);
 
   private notify(offset: number, length: number, kind: WriteKind): void {
     if (length === 0) return;

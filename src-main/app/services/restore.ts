@@ -210,7 +210,7 @@ export class RestoreService {
         compress: target.kind === 'file' && !!target.compress,
         inPlace: drive,
         opener: this.engine.opener,
-        hashFile: (path) => this.engine.pool.hashFile(path),
+        digest: (offset, parts) => this.engine.pool.contentDigest(offset, parts),
       },
       this.engine.jobs.sink,
       this.engine.jobs.onNull,

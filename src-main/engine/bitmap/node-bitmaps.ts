@@ -77,6 +77,12 @@ export class NodeBitmaps {
     for (const b of this.list) if (!b.disabled) b.mark(offset, length);
   }
 
+  /** Whether any bitmap here records writes. */
+  recording(): boolean {
+    for (const b of this.list) if (!b.disabled) return true;
+    return false;
+  }
+
   hasReadonly(): boolean {
     return this.list.some((b) => b.readonly);
   }

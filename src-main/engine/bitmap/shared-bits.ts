@@ -83,6 +83,20 @@ export class SharedBits {
   setRange(first: number, last: number): void {
     if (last < first) return;
     this.check(first, last);
+    const w0 = first >>> 5;
+    if (w0 === last >>> 5 && last < 2 ** 32) {
+      // the write path's common case (a write within one word of granules), kept lean: it runs
+      // for every recording bitmap on every guest write
+      const width = last - first + 1;
+      const mask = width === 32 ? -1 : ((1 << width) - 1) << (first & 31);
+      const now = Atomics.load(this.words, w0);
+      if ((now & mask) === mask) return;
+      const old = Atomics.or(this.words, w0, mask);
+      const fresh = mask & ~old;
+      if (fresh !== 0) Atomics.add(this.counter, 0, bigCount(popcount32(fresh)));
+      if (old === 0) this.markSummary(w0);
+      return;
+    }
     let added = 0;
     for (let w = Math.floor(first / WORD); w <= Math.floor(last / WORD); w++) {
       const mask = maskFor(w, first, last);
@@ -93,7 +107,7 @@ export class SharedBits {
       if (fresh !== 0) added += popcount32(fresh);
       if (old === 0) this.markSummary(w);
     }
-    if (added) Atomics.add(this.counter, 0, BigInt(added));
+    if (added) Atomics.add(this.counter, 0, bigCount(added));
   }
 
   /** Clears bits [first, last] (inclusive). One clearing thread at a time. */
@@ -290,10 +304,12 @@ export class SharedBits {
     let w = word;
     for (let level = 1; level < levelOffsets.length; level++) {
       const bit = 1 << (w & 31);
-      const idx = w >>> 5;
-      const old = Atomics.or(this.words, levelOffsets[level] + idx, bit);
+      const at = levelOffsets[level] + (w >>> 5);
+      // a plain load first: the bit is usually set already, and a locked or costs more
+      if (Atomics.load(this.words, at) & bit) return;
+      const old = Atomics.or(this.words, at, bit);
       if (old !== 0) return; // the levels above already know
-      w = idx;
+      w >>>= 5;
     }
   }
 
@@ -313,6 +329,13 @@ export class SharedBits {
   private check(first: number, last: number): void {
     if (first < 0 || last >= this.size) throw new RangeError(`bits ${first}..${last} outside 0..${this.size - 1}`);
   }
+}
+
+/** BigInts for the counter's usual small steps, made once (a BigInt per write is garbage per write). */
+const SMALL_COUNTS = Array.from({ length: 65 }, (_, n) => BigInt(n));
+
+function bigCount(n: number): bigint {
+  return n < SMALL_COUNTS.length ? SMALL_COUNTS[n] : BigInt(n);
 }
 
 function maskFor(word: number, first: number, last: number): number {

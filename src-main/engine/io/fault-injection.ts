@@ -66,11 +66,22 @@ export class FaultInjector implements FileOpener {
 }
 
 class FaultyFile implements FileHandle {
+  /** offered when the wrapped file offers it (a digest reads the range: it counts as a read) */
+  readonly contentDigest?: (position: number, length: number) => Promise<string>;
+
   constructor(
     private readonly inner: FileHandle,
     private readonly injector: FaultInjector,
     readonly path: string,
-  ) {}
+  ) {
+    const digest = inner.contentDigest?.bind(inner);
+    if (digest) {
+      this.contentDigest = (position, length) => {
+        this.injector.check(this.path, 'read', position, length);
+        return digest(position, length);
+      };
+    }
+  }
   get readOnly(): boolean {
     return this.inner.readOnly;
   }

@@ -37,6 +37,12 @@ export interface FileHandle {
    * (SEEK_DATA/SEEK_HOLE). Where the platform cannot tell, one data extent covering the range.
    */
   allocation(position: number, length: number): Promise<HostExtent[]>;
+  /**
+   * The content digest (content-digest.ts) of a file range of at most 4 MiB (bytes past EOF as
+   * zeros), computed where the reads happen (an I/O worker) so the bytes never travel. Optional:
+   * callers read and digest themselves without it.
+   */
+  contentDigest?(position: number, length: number): Promise<string>;
   close(): Promise<void>;
 }
 

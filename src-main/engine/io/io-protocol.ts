@@ -64,6 +64,14 @@ export const OP_PREADV = 7;
 export const OP_PREADV_ARENA = 8;
 /** write F_LENGTH bytes from the arena at S_ARENA (no copy: the lent bytes stay put until released) */
 export const OP_PWRITE_ARENA = 9;
+/**
+ * The content digest (content-digest.ts) of a window at guest offset F_POSITION, given like
+ * OP_PREADV's segments: `position` an offset in the arena (lent bytes) or -1 for zeros, `length`
+ * its bytes. The hex digest comes back in the aux area: hashing runs beside the reads.
+ */
+export const OP_DIGEST_ARENA = 10;
+/** The content digest of the file range [F_POSITION, +F_LENGTH) (at most 4 MiB), read here. */
+export const OP_DIGEST_FILE = 11;
 
 export interface ChannelBuffers {
   ctrl: SharedArrayBuffer;

@@ -3,7 +3,7 @@
 // Requests arrive in a shared ring (see io-protocol.ts); this thread never returns to its event loop.
 import { receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { fsyncSync, readSync, readvSync, writeSync } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import {
   CTRL_COMPLETED,
   CTRL_SLEEPING,
@@ -19,6 +19,8 @@ import {
   OP_PWRITE_PORT,
   OP_PWRITE_SLAB,
   OP_SHA256,
+  OP_DIGEST_ARENA,
+  OP_DIGEST_FILE,
   S_ARENA,
   S_AUX_LEN,
   S_DATA,
@@ -31,6 +33,7 @@ import {
   type PortMessage,
   type WorkerInit,
 } from './io-protocol.js';
+import { contentDigest, type DigestPart } from './content-digest.js';
 
 const init = workerData as WorkerInit | undefined;
 if (!init?.ctrl) throw new Error('io-worker must run as an I/O pool worker thread');
@@ -110,17 +113,73 @@ function pwriteFull(fd: number, data: Uint8Array, position: number): void {
   while (done < data.length) done += writeSync(fd, data, done, data.length - done, position + done);
 }
 
+/** The digest of `length` zero bytes, per length asked for (windows of a disk are mostly one size). */
+const zeroDigests = new Map<number, string>();
+const ZEROS = new Uint8Array(HASH_CHUNK);
+
+function updateZeros(hash: Hash, length: number): void {
+  for (let left = length; left > 0; left -= ZEROS.length) hash.update(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
+}
+
+function zeroDigest(length: number): string {
+  let hex = zeroDigests.get(length);
+  if (hex === undefined) {
+    const hash = createHash('sha256');
+    updateZeros(hash, length);
+    hex = hash.digest('hex');
+    if (zeroDigests.size < 16) zeroDigests.set(length, hex);
+  }
+  return hex;
+}
+
+/**
+ * sha256 of a file range (bytes past EOF count as zeros). Runs of zeros — holes of a sparse
+ * image, most of a restored disk — are only compared with zeros (memcmp speed), and hashed only
+ * once data follows them; a range that is all zeros gets the digest of its length in zeros.
+ */
 function sha256(fd: number, position: number, length: number): string {
   const hash = createHash('sha256');
   hashBuf ??= new Uint8Array(HASH_CHUNK);
+  let pendingZeros = 0;
+  let sawData = false;
   for (let at = 0; at < length; ) {
     const n = Math.min(HASH_CHUNK, length - at);
     const view = hashBuf.subarray(0, n);
     view.fill(0, preadFull(fd, view, position + at));
-    hash.update(view);
+    if (Buffer.compare(view, ZEROS.subarray(0, n)) === 0) {
+      pendingZeros += n;
+    } else {
+      updateZeros(hash, pendingZeros);
+      pendingZeros = 0;
+      sawData = true;
+      hash.update(view);
+    }
     at += n;
   }
+  if (!sawData) return zeroDigest(length);
+  updateZeros(hash, pendingZeros);
   return hash.digest('hex');
+}
+
+/** Content digest of arena pieces and zero runs, in order (see OP_DIGEST_ARENA). */
+function digestArena(offset: number, segAt: number, count: number): string {
+  const base = segAt / 8;
+  const parts: DigestPart[] = [];
+  for (let k = 0; k < count; k++) {
+    const position = slabF64[base + k * 3];
+    const length = slabF64[base + k * 3 + 1];
+    parts.push(position < 0 ? { length } : { bytes: arena.subarray(position, position + length), length });
+  }
+  return contentDigest(offset, parts);
+}
+
+/** Content digest of a file range (see OP_DIGEST_FILE). */
+function digestFile(fd: number, position: number, length: number): string {
+  if (length > HASH_CHUNK) throw Object.assign(new Error('range too large'), { code: 'EINVAL' });
+  hashBuf ??= new Uint8Array(HASH_CHUNK);
+  const view = hashBuf.subarray(0, length);
+  view.fill(0, preadFull(fd, view, position));
+  return contentDigest(position, [{ bytes: view, length }]);
 }
 
 function serve(slot: number): void {
@@ -173,6 +232,12 @@ function serve(slot: number): void {
         break;
       case OP_SHA256:
         i32[ib + S_AUX_LEN] = putAux(slotBytes, slot, sha256(fd, position, length));
+        break;
+      case OP_DIGEST_ARENA:
+        i32[ib + S_AUX_LEN] = putAux(slotBytes, slot, digestArena(position, at, i32[ib + S_RESULT]));
+        break;
+      case OP_DIGEST_FILE:
+        i32[ib + S_AUX_LEN] = putAux(slotBytes, slot, digestFile(fd, position, length));
         break;
       default:
         throw Object.assign(new Error('unknown request'), { code: 'EINVAL' });

@@ -1,16 +1,18 @@
-import { createHash } from 'node:crypto';
 import { rename, unlink, open as openFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Drive } from '../drive.js';
 import type { BlockDriver, ImageFormat } from '../formats/types.js';
 import { createImage, openImage } from '../formats/open.js';
 import type { FileOpener } from '../io/file-handle.js';
+import { readLent } from '../formats/lend.js';
 import { Job, JobIoError, type JobEventSink } from './job.js';
+import { WINDOW, chainLayers, digestHere, diskDigest, forEachParallel, planWindows, readWindow, zeroWindowDigest, type Digest, type WindowPlan, type WindowRead } from './flatten.js';
 
 /** A restore writes its file under this suffix and renames it into place only once verified. */
 export const PARTIAL_SUFFIX = '.tidemark-partial';
 const CHUNK = 1 << 20;
-const PARALLEL = 4;
+/** windows in flight (copy and verify): enough to keep both the reads and the writes busy */
+const PARALLEL = 8;
 
 export interface RestoreJobConfig {
   id: string;
@@ -24,14 +26,8 @@ export interface RestoreJobConfig {
   inPlace?: Drive;
   opener: FileOpener;
   speed?: number;
-  /** sha256 of a whole file on an I/O worker (for raw targets, whose file is their guest view) */
-  hashFile?: (path: string) => Promise<string>;
-}
-
-interface Piece {
-  offset: number;
-  length: number;
-  zero: boolean;
+  /** content digests of lent bytes on an I/O worker (IoPool.contentDigest); on this thread without it */
+  digest?: Digest;
 }
 
 export interface RestoreReport {
@@ -39,18 +35,27 @@ export interface RestoreReport {
   format: ImageFormat;
   virtualSize: number;
   dataBytes: number;
-  /** sha256 of the guest-visible contents, the same on both sides when verified */
+  /**
+   * Digest of the guest-visible contents, the same on both sides when verified: sha256 over the
+   * disk's size and the content digest of each 1 MiB of it in order (see flatten.ts diskDigest
+   * and io/content-digest.ts). The backup's is taken over the bytes as they were copied, the
+   * restored image's from reading it back.
+   */
   sourceHash: string;
   restoredHash: string;
   verified: boolean;
+  /** how long copying (up to a flushed image) and verifying took */
+  copyMs: number;
+  verifyMs: number;
   /** in place: bytes of the drive that differed and were rewritten */
   changedBytes?: number;
 }
 
 /**
  * Flattens a backup chain up to one point into a standalone image — raw or qcow2, sparse (zero
- * and unallocated areas are not written), copied in parallel on the I/O pool — then verifies it
- * by hashing the guest-visible contents of both sides. The file appears under its name only
+ * and unallocated areas are not written), copied window by window in parallel, each window's
+ * data read from the chain layer that holds it — then verifies it: every window of the restored
+ * image, read back, must hash the same as the bytes copied into it. The file appears under its name only
  * after verification; a cancelled or failed restore removes its partial file. In place, the
  * verified image is applied to the drive through the engine (only what differs is written), so
  * every recording bitmap sees the restored regions.
@@ -61,6 +66,8 @@ export class RestoreJob extends Job {
   private source: BlockDriver | undefined;
   private target: BlockDriver | undefined;
   private readonly partial: string;
+  private readonly digest: Digest;
+  private readonly timings = { copyMs: 0, verifyMs: 0 };
 
   constructor(
     private readonly config: RestoreJobConfig,
@@ -69,6 +76,7 @@ export class RestoreJob extends Job {
   ) {
     super({ id: config.id, autoFinalize: true, autoDismiss: true, speed: config.speed ?? 0 }, emit, onNull);
     this.partial = `${config.targetPath}${PARTIAL_SUFFIX}`;
+    this.digest = config.digest ?? digestHere;
   }
 
   override usesDrive(drive: Drive): boolean {
@@ -80,22 +88,40 @@ export class RestoreJob extends Job {
     this.source = await openImage(c.pointFile, { readOnly: true, format: 'qcow2', opener: c.opener });
     const size = this.source.virtualSize;
     if (c.inPlace && c.inPlace.virtualSize !== size) throw new Error(`The drive is ${c.inPlace.virtualSize} bytes and the backup ${size}: an in-place restore needs the same size.`);
-    const extents = (await this.source.blockStatus(0, size)).filter((e) => !e.zero);
-    const dataBytes = extents.reduce((n, e) => n + e.length, 0);
-    // progress: copy the data, hash both sides to verify, and (in place) compare the whole drive
+    const windows = planWindows(await this.source.blockStatus(0, size), size);
+    const dataBytes = windows.reduce((n, w) => n + w.data.reduce((m, p) => m + p.length, 0), 0);
+    // progress: copy the data, read the restored image back, and (in place) compare the whole drive
     this.total = dataBytes + size + (c.inPlace ? size : 0);
     await unlink(this.partial).catch(() => {});
     await createImage(this.partial, { format: c.format, virtualSize: size, opener: c.opener });
     this.target = await openImage(this.partial, { readOnly: false, format: c.format, opener: c.opener });
-    await this.copy(extents);
+    const copyStart = performance.now();
+    const sourceDigests = await this.copy(windows);
     await this.target.flush();
     await this.target.close();
+    this.timings.copyMs = performance.now() - copyStart;
+    const verifyStart = performance.now();
     this.target = await openImage(this.partial, { readOnly: true, format: c.format, opener: c.opener });
-    const [sourceHash, restoredHash] = await this.hashBoth(size);
-    if (sourceHash !== restoredHash) throw new Error('Verification failed: the restored image does not read the same as the backup.');
+    const restoredDigests = await this.digestImage(this.target, windows);
+    this.timings.verifyMs = performance.now() - verifyStart;
+    const bad = restoredDigests.findIndex((d, i) => d !== sourceDigests[i]);
+    if (bad >= 0) {
+      const w = windows[bad];
+      throw new Error(`Verification failed: the restored image does not read the same as the backup (first difference in the ${formatWindow(w)}).`);
+    }
     await this.target.close();
     this.target = undefined;
-    const report: RestoreReport = { target: c.inPlace ? c.inPlace.driver.path : c.targetPath, format: c.format, virtualSize: size, dataBytes, sourceHash, restoredHash, verified: true };
+    const report: RestoreReport = {
+      target: c.inPlace ? c.inPlace.driver.path : c.targetPath,
+      format: c.format,
+      virtualSize: size,
+      dataBytes,
+      sourceHash: diskDigest(size, sourceDigests),
+      restoredHash: diskDigest(size, restoredDigests),
+      verified: true,
+      copyMs: this.timings.copyMs,
+      verifyMs: this.timings.verifyMs,
+    };
     // the last moment a cancel can still take effect: after this the result is in place
     await this.pausePoint();
     if (c.inPlace) {
@@ -107,34 +133,87 @@ export class RestoreJob extends Job {
     this.report = report;
   }
 
-  /** Data extents in parallel chunks; zero areas are never written (the new image reads zeros there). */
-  private async copy(extents: { offset: number; length: number }[]): Promise<void> {
-    const chunks: { offset: number; length: number }[] = [];
-    for (const e of extents) for (let at = e.offset; at < e.offset + e.length; at += CHUNK) chunks.push({ offset: at, length: Math.min(CHUNK, e.offset + e.length - at) });
-    let next = 0;
+  /**
+   * Copies every window's data, several windows in flight, straight from the chain layer that
+   * holds it; zero areas are never written (the new image reads zeros there). Returns each
+   * window's digest, taken over the very bytes written (on an I/O worker, beside the writes).
+   */
+  private async copy(windows: WindowPlan[]): Promise<string[]> {
+    const layers = chainLayers(this.source!);
+    const digests: string[] = new Array<string>(windows.length);
     const compress = this.config.compress && this.config.format === 'qcow2';
-    const worker = async () => {
-      while (next < chunks.length) {
-        await this.pausePoint();
-        // another worker may have taken the last chunk while we waited
-        if (next >= chunks.length) return;
-        const { offset, length } = chunks[next++];
-        let data: Uint8Array;
-        try {
-          data = await this.source!.read(offset, length);
-        } catch (err) {
-          throw new JobIoError('read', err);
-        }
-        try {
-          if (compress) await this.writeCompressed(offset, data);
-          else await this.target!.write(offset, data);
-        } catch (err) {
-          throw new JobIoError('write', err);
-        }
-        this.current += length;
+    await forEachParallel(windows.length, PARALLEL, async (i) => {
+      const w = windows[i];
+      if (w.data.length === 0) {
+        digests[i] = zeroWindowDigest(w);
+        return;
       }
-    };
-    await Promise.all(Array.from({ length: PARALLEL }, worker));
+      await this.pausePoint();
+      let read: WindowRead;
+      try {
+        read = await readWindow(layers, w);
+      } catch (err) {
+        throw new JobIoError('read', err);
+      }
+      try {
+        const digest = this.digest(w.offset, read.parts);
+        for (const p of read.pieces) {
+          try {
+            if (compress) await this.writeCompressed(p.offset, p.bytes);
+            else await this.target!.write(p.offset, p.bytes);
+          } catch (err) {
+            throw new JobIoError('write', err);
+          }
+          this.current += p.bytes.length;
+        }
+        digests[i] = await digest;
+      } finally {
+        read.release();
+      }
+    });
+    return digests;
+  }
+
+  /**
+   * The window digests of the restored image, from an independent reading of it: its own block
+   * status (zero windows cost nothing), its own reads. A raw image's file is its guest view, so
+   * it is hashed where it is read (an I/O worker) and never travels.
+   */
+  private async digestImage(image: BlockDriver, windows: WindowPlan[]): Promise<string[]> {
+    const size = image.virtualSize;
+    const digests: string[] = new Array<string>(windows.length);
+    const fileHash = image.format === 'raw' ? image.file.contentDigest?.bind(image.file) : undefined;
+    const zeroWindows = new Set<number>();
+    if (!fileHash) {
+      const dataWindows = new Set<number>();
+      for (const e of await image.blockStatus(0, size)) {
+        if (e.zero) continue;
+        for (let k = Math.floor(e.offset / WINDOW); k * WINDOW < e.offset + e.length; k++) dataWindows.add(k);
+      }
+      for (let k = 0; k < windows.length; k++) if (!dataWindows.has(k)) zeroWindows.add(k);
+    }
+    await forEachParallel(windows.length, PARALLEL, async (i) => {
+      const w = windows[i];
+      await this.pausePoint();
+      try {
+        if (fileHash) digests[i] = await fileHash(w.offset, w.length);
+        else if (zeroWindows.has(i)) digests[i] = zeroWindowDigest(w);
+        else {
+          const lent = await readLent(image, w.offset, w.length);
+          try {
+            digests[i] = await this.digest(w.offset, [{ bytes: lent.bytes, length: w.length }]);
+          } finally {
+            lent.release();
+          }
+        }
+      } catch (err) {
+        throw new JobIoError('read', err);
+      }
+      this.current += w.length;
+      // zero windows settle at once: give the event loop (requests, progress, cancel) a turn now and then
+      if (i % 64 === 63) await new Promise((r) => setImmediate(r));
+    });
+    return digests;
   }
 
   private async writeCompressed(offset: number, data: Uint8Array): Promise<void> {
@@ -150,53 +229,6 @@ export class RestoreJob extends Job {
       else await t.write(abs, piece);
       at = clusterEnd;
     }
-  }
-
-  /**
-   * sha256 of the guest-visible bytes of the backup and of the restored image, read
-   * independently and concurrently. A raw image's guest view is its file, hashed on an I/O
-   * worker; otherwise both sides stream through here, a few chunks read ahead.
-   */
-  private async hashBoth(size: number): Promise<[string, string]> {
-    // the backup side is read extent by extent: zero areas are never read through the chain
-    const source = this.hashImage(this.source!, size);
-    // each side's zero areas come from its own metadata: an independent reading, not a copy of the other's
-    const restored = this.config.format === 'raw' && this.config.hashFile ? this.config.hashFile(this.partial) : this.hashImage(this.target!, size);
-    return Promise.all([source, restored]);
-  }
-
-  private async hashImage(image: BlockDriver, size: number): Promise<string> {
-    const pieces: Piece[] = [];
-    for (const e of await image.blockStatus(0, size)) {
-      for (let at = e.offset; at < e.offset + e.length; at += CHUNK) pieces.push({ offset: at, length: Math.min(CHUNK, e.offset + e.length - at), zero: e.zero });
-    }
-    return this.hashPieces(pieces, (p) => (p.zero ? Promise.resolve(undefined) : image.read(p.offset, p.length)));
-  }
-
-  /** Hashes the pieces in order, keeping a few reads in flight; `undefined` data means zeros. */
-  private async hashPieces(pieces: Piece[], read: (p: Piece) => Promise<Uint8Array | undefined>): Promise<string> {
-    const hash = createHash('sha256');
-    const zeros = new Uint8Array(CHUNK);
-    const ahead: Promise<Uint8Array | undefined>[] = [];
-    let next = 0;
-    const fill = () => {
-      while (ahead.length < PARALLEL * 2 && next < pieces.length) ahead.push(read(pieces[next++]));
-    };
-    fill();
-    let sinceYield = 0;
-    for (const p of pieces) {
-      await this.pausePoint();
-      const data = await ahead.shift()!;
-      fill();
-      hash.update(data ?? zeros.subarray(0, p.length));
-      this.current += p.length / 2;
-      // zero pieces resolve at once: give the event loop (requests, progress, cancel) a turn now and then
-      if ((sinceYield += p.length) >= 16 * CHUNK) {
-        sinceYield = 0;
-        await new Promise((r) => setImmediate(r));
-      }
-    }
-    return hash.digest('hex');
   }
 
   /** Writes into the drive only what differs from the verified image; returns the bytes rewritten. */
@@ -236,6 +268,11 @@ export class RestoreJob extends Job {
     // a failed or cancelled restore leaves nothing behind
     if (!this.report) await unlink(this.partial).catch(() => {});
   }
+}
+
+function formatWindow(w: WindowPlan): string {
+  const mib = (n: number) => `${(n / WINDOW).toLocaleString('en-US', { maximumFractionDigits: 3 })} MiB`;
+  return `range ${mib(w.offset)} – ${mib(w.offset + w.length)} of the disk`;
 }
 
 async function durableRename(from: string, to: string): Promise<void> {

@@ -197,7 +197,7 @@ export const restoreCommand: Command = async (client, args, out) => {
     report = await client.request('restore.report', { jobId: started.jobId });
   }
   if (out.json) out.data(report);
-  else if (report.outcome === 'completed') out.print(`Restored and verified: ${report.target} (sha256 of contents ${report.restoredHash}).`);
+  else if (report.outcome === 'completed') out.print(`Restored and verified: ${report.target} (content digest ${report.restoredHash}).`);
   else out.error(`Restore ${report.outcome}: ${report.error ?? 'no reason given'}. The original is untouched.`);
   return report.outcome === 'completed' && report.verified ? 0 : 1;
 };

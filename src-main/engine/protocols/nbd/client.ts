@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { Lent } from '../../io/file-handle.js';
 import {
   CHUNK_HEADER_SIZE,
   NBD_CMD_BLOCK_STATUS,
@@ -259,16 +260,36 @@ export class NbdClient implements ExportUser {
   private send(...parts: Uint8Array[]): void {
     const s = this.socket;
     if (s.destroyed || !s.writable) return;
-    if (!this.corked) {
-      this.corked = true;
-      s.cork();
-      setImmediate(() => {
-        this.corked = false;
-        s.uncork();
-      });
-    }
+    this.corkForTurn(s);
     for (const p of parts) s.write(p);
     if (s.writableLength > this.limits.maxQueuedOutput) this.updateReading();
+  }
+
+  /**
+   * Like send(header, data) for bytes lent by the I/O layer: released once the socket is done
+   * with them (written, or dropped because the socket closed — Node calls back either way).
+   */
+  private sendLent(header: Uint8Array, data: Lent): void {
+    const s = this.socket;
+    if (s.destroyed || !s.writable) {
+      data.release();
+      return;
+    }
+    if (!this.corked) s.cork();
+    s.write(header);
+    s.write(data.bytes, () => data.release());
+    if (!this.corked) s.uncork();
+    if (s.writableLength > this.limits.maxQueuedOutput) this.updateReading();
+  }
+
+  private corkForTurn(s: Socket): void {
+    if (this.corked) return;
+    this.corked = true;
+    s.cork();
+    setImmediate(() => {
+      this.corked = false;
+      s.uncork();
+    });
   }
 
   private async negotiate(): Promise<void> {
@@ -628,7 +649,7 @@ export class NbdClient implements ExportUser {
         return;
       case NBD_CMD_CACHE:
         // a prefetch: read the range so the host's caches hold it; the data is not sent
-        if (req.length > 0) await b.read(req.offset, req.length);
+        if (req.length > 0) (await b.readLent(req.offset, req.length)).release();
         this.replyOk(req);
         return;
       case NBD_CMD_WRITE_ZEROES:
@@ -655,13 +676,11 @@ export class NbdClient implements ExportUser {
       return;
     }
     if (!this.structured) {
-      const data = await b.read(req.offset, req.length);
-      this.send(simpleReplyHeader(req.handle, 0), data);
+      this.sendLent(simpleReplyHeader(req.handle, 0), await b.readLent(req.offset, req.length));
       return;
     }
     if (req.flags & NBD_CMD_FLAG_DF) {
-      const data = await b.read(req.offset, req.length);
-      this.sendData(req, req.offset, data, true);
+      this.sendData(req, req.offset, await b.readLent(req.offset, req.length), true);
       return;
     }
     // sparse: zero areas go as holes, the rest as data chunks; the last chunk carries DONE
@@ -696,7 +715,7 @@ export class NbdClient implements ExportUser {
       }
       let data;
       try {
-        data = await b.read(s.offset, s.length);
+        data = await b.readLent(s.offset, s.length);
       } catch (err) {
         // earlier chunks are valid: say where the failure is
         this.replyErrorOffset(req, nbdErrno(err), `reading from file failed: ${errorText(err)}`, s.offset);
@@ -706,10 +725,10 @@ export class NbdClient implements ExportUser {
     }
   }
 
-  private sendData(req: NbdRequest, offset: number, data: Uint8Array, final: boolean): void {
-    const h = chunkHeader(final ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_OFFSET_DATA, req.handle, 8 + data.length, 8);
+  private sendData(req: NbdRequest, offset: number, data: Lent, final: boolean): void {
+    const h = chunkHeader(final ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_OFFSET_DATA, req.handle, 8 + data.bytes.length, 8);
     writeU64(h, offset, CHUNK_HEADER_SIZE);
-    this.send(h, data);
+    this.sendLent(h, data);
   }
 
   private async blockStatus(req: NbdRequest, exp: NbdExport): Promise<void> {

@@ -1,6 +1,7 @@
 import type { Drive } from '../../drive.js';
 import type { DirtyBitmap } from '../../bitmap/dirty-bitmap.js';
 import type { BlockDriver, BlockExtent } from '../../formats/types.js';
+import type { Lent } from '../../io/file-handle.js';
 import { Qcow2Driver } from '../../formats/qcow2/driver.js';
 import {
   NBD_FLAG_CAN_MULTI_CONN,
@@ -29,6 +30,8 @@ export interface ExportBackend {
   /** the drive whose detach must end the export (none for backends that watch their own source) */
   readonly drive?: Drive;
   read(offset: number, length: number): Promise<Uint8Array>;
+  /** Like read, into memory lent by the I/O layer where it can; release once the bytes are sent. */
+  readLent(offset: number, length: number): Promise<Lent>;
   write(offset: number, data: Uint8Array): Promise<void>;
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;
   discard(offset: number, length: number): Promise<void>;
@@ -80,6 +83,10 @@ export class DriveBackend implements ExportBackend {
 
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.drive.read(offset, length);
+  }
+
+  readLent(offset: number, length: number): Promise<Lent> {
+    return this.drive.readLent(offset, length);
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {

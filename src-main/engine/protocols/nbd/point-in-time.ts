@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import type { BlockEngine } from '../../engine.js';
 import type { Drive } from '../../drive.js';
 import type { BlockDriver, BlockExtent } from '../../formats/types.js';
+import type { Lent } from '../../io/file-handle.js';
+import { readLent } from '../../formats/lend.js';
 import { DirtyBitmap } from '../../bitmap/dirty-bitmap.js';
 import { CHECK_ALLOW_RO, CHECK_DEFAULT, checkBitmap } from '../../bitmap/node-bitmaps.js';
 import { runTransaction } from '../../jobs/transaction.js';
@@ -94,6 +96,10 @@ class FleeceBackend implements ExportBackend {
 
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.tracked(offset, length, () => this.image.read(offset, length));
+  }
+
+  readLent(offset: number, length: number): Promise<Lent> {
+    return this.tracked(offset, length, () => readLent(this.image, offset, length));
   }
 
   blockStatus(offset: number, length: number): Promise<BlockExtent[]> {

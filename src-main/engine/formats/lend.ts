@@ -1,0 +1,19 @@
+import type { Lent } from '../io/file-handle.js';
+import type { BlockDriver } from './types.js';
+
+/**
+ * Guest bytes [offset, offset+length) of `driver`, in memory lent by the I/O layer when it has
+ * some free (no allocation, no copy: the worker read straight into it), else in a fresh buffer
+ * wrapped as a Lent whose release does nothing. Either way the caller releases it once done with
+ * the bytes (after any write from them has settled).
+ *
+ * Why it matters: a fresh 1 MiB buffer costs more than the read itself (the kernel maps and
+ * zeroes 256 new pages; measured 380 µs against 36 µs for a read into reused memory).
+ */
+export async function readLent(driver: BlockDriver, offset: number, length: number): Promise<Lent> {
+  if (length > 0 && driver.readLent) {
+    const lent = await driver.readLent([{ offset, length }]);
+    if (lent) return lent;
+  }
+  return { bytes: await driver.read(offset, length), release: () => undefined };
+}
