@@ -4,7 +4,8 @@
 //   node scripts/build.mjs --watch      rebuild on change (npm run dev)
 import { build, context } from 'esbuild';
 import { fileURLToPath } from 'node:url';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { resolve } from 'node:path';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const pkg = JSON.parse(readFileSync(`${root}/package.json`, 'utf8'));
@@ -58,7 +59,15 @@ if (watch) {
   console.log('watching src-main/ for changes');
 } else {
   // no clean first: a process starting from dist/main meanwhile must never find it missing
-  await Promise.all(configs.map((c) => build(c)));
+  const results = await Promise.all(configs.map((c) => build({ ...c, metafile: true })));
+  // chunks of earlier builds are named by their content hash and would pile up: drop the ones
+  // this build did not write (the entry points that imported them were just replaced)
+  const written = new Set(results.flatMap((r) => Object.keys(r.metafile.outputs)).map((p) => resolve(root, p)));
+  const chunkDir = `${root}/dist/main/chunks`;
+  for (const name of existsSync(chunkDir) ? readdirSync(chunkDir) : []) {
+    const path = resolve(chunkDir, name);
+    if (!written.has(path)) rmSync(path, { force: true });
+  }
 }
 
 if (!mainOnly) {

@@ -109,16 +109,11 @@ export class Drive {
     this.inflight++;
     try {
       for (const hook of this.beforeWriteHooks) await hook(offset, length);
-      // Bitmaps are marked when the write completes (QEMU marks even when it fails: the guest may
-      // have changed some of it) — that order is what makes a clear racing the write safe. The
-      // marking itself is mostly cache misses (one bitmap word per bitmap, anywhere in up to
-      // 64 MiB of bits), so it is done once more ahead, while the I/O runs, off the write's
-      // latency: the completion then finds the words set and in cache.
-      const ahead = this.bitmaps.recording() ? setImmediate(this.markAhead, offset, length) : undefined;
+      // QEMU marks bitmaps when the write completes, even when it fails: the guest may have
+      // changed some of it
       try {
         await op();
       } finally {
-        clearImmediate(ahead);
         this.notify(offset, length, kind);
       }
     } finally {
@@ -138,8 +133,6 @@ export class Drive {
     this.checkRange(offset, length);
     return this.driver.blockStatus(offset, length);
   }
-
-  private readonly markAhead = (offset: number, length: number): void => this.bitmaps.markWrite(offset, length);
 
   private notify(offset: number, length: number, kind: WriteKind): void {
     if (length === 0) return;

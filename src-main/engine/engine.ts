@@ -4,6 +4,7 @@ import { fileErrorToTidemark } from './io/file-errors.js';
 import { Drive } from './drive.js';
 import { IoPool } from './io/pool.js';
 import { FaultInjector } from './io/fault-injection.js';
+import { WriteMarker } from './bitmap/write-marker.js';
 import type { FileOpener } from './io/file-handle.js';
 import { openImage } from './formats/open.js';
 import { assertNotLockedByOthers } from './locking.js';
@@ -47,6 +48,8 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
   private readonly attachHooks: DriveHook[] = [];
   private readonly detachHooks: DriveHook[] = [];
   private closing: Promise<void> | undefined;
+  /** hands guest-write marking to the I/O workers; made with the first drive */
+  marker: WriteMarker | undefined;
 
   constructor(options: { ioWorkers?: number } = {}) {
     super();
@@ -101,6 +104,9 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
       throw new TidemarkError('ALREADY_EXISTS', `A drive with id '${options.id}' already exists.`);
     }
     const drive = new Drive(options.id, this.nextNodeName(), driver, options.discard ?? 'ignore');
+    // guest-write marking handed to the I/O workers (applied between their requests)
+    this.marker ??= new WriteMarker(this.pool);
+    drive.bitmaps.useMarker(this.marker);
     try {
       if (driver instanceof Qcow2Driver) {
         // persistent bitmaps: loaded (and marked in use on disk) before anyone can write
@@ -141,6 +147,7 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
       const errors: unknown[] = [];
       await this.jobs.cancelAll();
       for (const id of [...this.drives.keys()]) await this.detach(id).catch((e: unknown) => errors.push(e));
+      this.marker?.close();
       await this.pool.close();
       if (errors.length) throw errors[0];
     })();

@@ -1,4 +1,6 @@
 import { DirtyBitmap, MAX_NAME_BYTES, type BitmapInfo } from './dirty-bitmap.js';
+import { markBitmaps } from './mark-bitmaps.js';
+import type { MarkerNode, WriteMarker } from './write-marker.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
 
 /** QEMU's bdrv_dirty_bitmap_check flags, evaluated in this order. */
@@ -74,7 +76,22 @@ export class NodeBitmaps {
 
   /** Guest write tracking: every enabled bitmap on the node, successors included, marks the range. */
   markWrite(offset: number, length: number): void {
-    for (const b of this.list) if (!b.disabled) b.mark(offset, length);
+    const recording = this.recordingScratch;
+    recording.length = 0;
+    for (const b of this.list) if (!b.disabled) recording.push(b);
+    if (recording.length === 0) return;
+    if (this.marker) this.marker.marker.mark(this.marker.node, recording, offset, length);
+    else markBitmaps(recording, offset, length);
+  }
+
+  /** reused by markWrite: no allocation per write */
+  private readonly recordingScratch: DirtyBitmap[] = [];
+
+  /** Where marking is handed off (the engine's marker thread); inline without one. */
+  private marker: { marker: WriteMarker; node: MarkerNode } | undefined;
+
+  useMarker(marker: WriteMarker | undefined): void {
+    this.marker = marker ? { marker, node: marker.node() } : undefined;
   }
 
   /** Whether any bitmap here records writes. */

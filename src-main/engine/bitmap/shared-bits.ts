@@ -5,10 +5,13 @@
  * below ("that word is not zero"), so finding the next set bit in a mostly empty 2 TiB bitmap
  * touches a few words per level instead of millions (the idea of QEMU's hbitmap, written anew).
  * Sets use Atomics.or and may come from any thread at once; the population count is kept exact
- * with Atomics.add on a shared 64-bit counter. Clears come from one thread at a time (the
+ * with Atomics.add on a shared 64-bit counter. Every read and clear first applies the guest-write
+ * marks still queued for the marker thread (pending-marks.ts), so deferred marking never shows. Clears come from one thread at a time (the
  * engine's), and re-check the word after clearing its summary bit so a concurrent set is never
  * hidden from the summary.
  */
+import { settleMarks } from './pending-marks.js';
+
 export interface SharedBitsLayout {
   /** number of bits at level 0 */
   bits: number;
@@ -53,6 +56,8 @@ export class SharedBits {
   /** [0] = number of set bits at level 0 */
   private readonly counter: BigInt64Array;
   readonly buffer: SharedArrayBuffer;
+  /** where level 1 starts in `words` (level 0 itself for a one-word bitmap) */
+  private readonly summaryAt: number;
 
   /** A new, all-clear bit array; or a view over `buffer` made by another thread's SharedBits. */
   constructor(bits: number, buffer?: SharedArrayBuffer) {
@@ -64,6 +69,7 @@ export class SharedBits {
     if (this.buffer.byteLength !== bytes) throw new RangeError('shared buffer does not match the bit count');
     this.counter = new BigInt64Array(this.buffer, 0, 1);
     this.words = new Int32Array(this.buffer, 8, totalWords);
+    this.summaryAt = this.layout.levelOffsets[1] ?? 0;
   }
 
   get size(): number {
@@ -72,11 +78,22 @@ export class SharedBits {
 
   /** number of set bits, exact */
   count(): number {
+    settleMarks();
     return Number(Atomics.load(this.counter, 0));
   }
 
   get(bit: number): boolean {
+    settleMarks();
     return (Atomics.load(this.words, bit >>> 5) & (1 << (bit & 31))) !== 0;
+  }
+
+  /**
+   * Reads (without ordering) the words setRange(bit, …) will touch first: its level-0 word and
+   * the summary word above it. Several bitmaps touched one after another overlap their cache
+   * misses — the atomic operations that follow are barriers and would take them one by one.
+   */
+  touch(bit: number): number {
+    return this.words[bit >>> 5] | this.words[this.summaryAt + (bit >>> 10)];
   }
 
   /** Sets bits [first, last] (inclusive). Safe from any thread. */
@@ -112,6 +129,7 @@ export class SharedBits {
 
   /** Clears bits [first, last] (inclusive). One clearing thread at a time. */
   clearRange(first: number, last: number): void {
+    settleMarks();
     if (last < first) return;
     this.check(first, last);
     let removed = 0;
@@ -135,6 +153,7 @@ export class SharedBits {
   /** ORs `other` (same size) into this one, word by word over the source's non-empty words. */
   or(other: SharedBits): void {
     if (other.size !== this.size) throw new RangeError('bitmaps differ in size');
+    settleMarks();
     let added = 0;
     for (let bit = other.nextSet(0); bit >= 0; ) {
       const w = bit >>> 5;
@@ -156,6 +175,7 @@ export class SharedBits {
 
   /** The first set bit at or after `from`, or -1. */
   nextSet(from: number): number {
+    settleMarks();
     if (from >= this.size) return -1;
     const found = this.findSet(0, Math.max(0, from));
     return found >= 0 && found < this.size ? found : -1;
@@ -163,6 +183,7 @@ export class SharedBits {
 
   /** The first clear bit at or after `from`, or -1 when all bits from there are set. */
   nextClear(from: number): number {
+    settleMarks();
     const { levelOffsets } = this.layout;
     for (let bit = Math.max(0, from); bit < this.size; ) {
       const w = bit >>> 5;
@@ -195,6 +216,7 @@ export class SharedBits {
 
   /** Raw level-0 bytes, bit i at byte i>>3, bit i&7 (LSB first), as qcow2 stores bitmaps. */
   toBytes(firstBit: number, bitCount: number): Uint8Array {
+    settleMarks();
     const out = new Uint8Array(Math.ceil(bitCount / 8));
     if (firstBit % WORD === 0) {
       // word-aligned: copy whole words, little-endian, skipping empty stretches via the summary
