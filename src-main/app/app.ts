@@ -90,7 +90,7 @@ export class TidemarkApp {
     this.engine.onDetach((d) => this.bitmaps.detachSidecar(d));
     const chains = new ChainsRepo(this.catalog.db);
     this.groups = new GroupsRepo(this.catalog.db);
-    this.jobs = new JobsService(this.engine, new JobsRepo(this.catalog.db), this.bus);
+    this.jobs = new JobsService(this.engine, new JobsRepo(this.catalog.db), this.bus, options.log);
     this.backups = new BackupService(this.engine, this.catalog, chains, this.groups, this.bitmaps, this.jobs, this.bus);
     this.restore = new RestoreService(this.engine, chains, this.backups, this.drives, this.jobs, this.bus);
     this.router = new Router(
@@ -173,7 +173,7 @@ export class TidemarkApp {
   static async start(options: AppOptions): Promise<TidemarkApp> {
     const app = new TidemarkApp(options);
     // a previous run that died mid-job: its attempts failed, their partial files go
-    const recovered = (await app.backups.recover()) + app.jobs.recover();
+    const recovered = (await app.backups.recover()) + (await app.jobs.recover());
     if (recovered) options.log?.(`Recovered from an unclean stop: ${recovered} interrupted job(s) marked failed.`);
     await app.drives.openAll();
     if (options.nbdSocket) {

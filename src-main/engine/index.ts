@@ -7,6 +7,7 @@ export { fsOpener } from './io/fs-file.js';
 export { openImage, createImage, probeFormat } from './formats/open.js';
 export type { BlockDriver, BlockExtent, ImageInfo, ImageFormat } from './formats/types.js';
 export { DirtyBitmap } from './bitmap/dirty-bitmap.js';
+export { markBitmaps } from './bitmap/mark-bitmaps.js';
 export { SharedBits } from './bitmap/shared-bits.js';
 export { runTransaction, type TransactionAction } from './jobs/transaction.js';
 export { createBackupJob, type BackupParams } from './jobs/backup-create.js';

@@ -6,6 +6,8 @@ import type { TidemarkApp } from '../../src-main/app/app.js';
 import type { RestoreReport } from '../../src-shared/api/domain.js';
 import { qemu, qemuImgCheck, qemuImgCompare } from '../helpers/qemu.js';
 import { appHarness } from '../helpers/apps.js';
+import { JobsRepo } from '../../src-main/app/catalog/jobs-repo.js';
+import { PARTIAL_SUFFIX } from '../../src-main/engine/jobs/restore-job.js';
 
 const MiB = 1 << 20;
 const harness = appHarness();
@@ -157,4 +159,24 @@ describe('restore', () => {
     writeFileSync(now, await drive.read(0, drive.virtualSize));
     expect(qemuImgCompare(join(root, 's1.raw'), now, 'raw', 'raw').same).toBe(true);
   });
+
+  it('a restore cut off by a dead process: the next start removes its partial file and records the job failed', async () => {
+    const { root, app } = await setup();
+    const partial = join(root, `lost.raw${PARTIAL_SUFFIX}`);
+    writeFileSync(partial, 'half a disk');
+    const keep = join(root, 'not-a-partial.raw');
+    writeFileSync(keep, 'a user file');
+    const repo = new JobsRepo(app.catalog.db);
+    repo.start({ jobId: 'restore-vm-lost', kind: 'restore', label: 'restore', driveId: 'vm', startedAt: new Date().toISOString(), scratchFile: partial });
+    // only files named like a restore's partial are ever removed, whatever the catalog says
+    repo.start({ jobId: 'restore-vm-odd', kind: 'restore', label: 'restore', driveId: 'vm', startedAt: new Date().toISOString(), scratchFile: keep });
+    await harness.crash(app);
+    const again = await harness.start(join(root, 'data'));
+    expect(existsSync(partial)).toBe(false);
+    expect(existsSync(keep)).toBe(true);
+    const lost = again.jobs.history().find((h) => h.jobId === 'restore-vm-lost')!;
+    expect(lost.outcome).toBe('failed');
+    expect(lost.error).toBe('Tidemark stopped while this job was running.');
+  });
 });
+

@@ -31,7 +31,7 @@ function buildChain(dir: string): string {
   return top;
 }
 
-async function runRestore(engine: BlockEngine, config: { pointFile: string; targetPath: string; format: ImageFormat; opener?: FileOpener; compress?: boolean }) {
+async function runRestore(engine: BlockEngine, config: { pointFile: string; targetPath: string; format: ImageFormat; opener?: FileOpener; compress?: boolean; speed?: number }) {
   const job = new RestoreJob(
     {
       id: `r${engines.length}-${config.format}`,
@@ -39,6 +39,7 @@ async function runRestore(engine: BlockEngine, config: { pointFile: string; targ
       targetPath: config.targetPath,
       format: config.format,
       compress: config.compress ?? false,
+      speed: config.speed,
       opener: config.opener ?? engine.opener,
       digest: (offset, parts) => engine.pool.contentDigest(offset, parts),
     },
@@ -110,4 +111,23 @@ describe('RestoreJob', () => {
     expect(existsSync(target)).toBe(false);
     expect(readdirSync(dir).filter((f) => f.includes('restored'))).toEqual([]);
   });
+
+  it('keeps to its speed limit (bytes copied and verified per second), and still restores exactly', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tm-restore-job-'));
+    const top = buildChain(dir);
+    const engine = new BlockEngine();
+    engines.push(engine);
+    const target = join(dir, 'slow.qcow2');
+    const speed = 16 << 20;
+    const t = performance.now();
+    const job = await runRestore(engine, { pointFile: top, targetPath: target, format: 'qcow2', speed });
+    const elapsed = performance.now() - t;
+    expect(job.error).toBeUndefined();
+    // throttled: data copied (~9 MiB) plus the windows read back (~9 MiB or more of the 24 MiB disk) at 16 MiB/s,
+    // less the first slice that goes at once — a lower bound, which a slow machine cannot break
+    const throttled = job.report!.dataBytes * 2 - (speed * 0.1) * 2;
+    expect(elapsed).toBeGreaterThanOrEqual((throttled / speed) * 1000 * 0.9);
+    expect(qemuImgCompare(top, target, 'qcow2', 'qcow2').same).toBe(true);
+  });
 });
+

@@ -20,12 +20,18 @@ export interface JobHistoryRow {
 export class JobsRepo {
   constructor(private readonly db: DatabaseSync) {}
 
-  start(row: { jobId: string; kind: string; label: string; driveId: string; startedAt: string }): number {
+  start(row: { jobId: string; kind: string; label: string; driveId: string; startedAt: string; scratchFile?: string }): number {
     return Number(
       this.db
-        .prepare("INSERT INTO job_history (job_id, kind, label, drive_id, started_at, outcome) VALUES (?, ?, ?, ?, ?, 'running')")
-        .run(row.jobId, row.kind, row.label, row.driveId, row.startedAt).lastInsertRowid,
+        .prepare("INSERT INTO job_history (job_id, kind, label, drive_id, started_at, outcome, scratch_file) VALUES (?, ?, ?, ?, ?, 'running', ?)")
+        .run(row.jobId, row.kind, row.label, row.driveId, row.startedAt, row.scratchFile ?? null).lastInsertRowid,
     );
+  }
+
+  /** The scratch files of jobs still marked running (by a process that died, at start-up). */
+  runningScratchFiles(): string[] {
+    const rows = this.db.prepare("SELECT scratch_file FROM job_history WHERE outcome = 'running' AND scratch_file IS NOT NULL").all() as { scratch_file: string }[];
+    return rows.map((r) => r.scratch_file);
   }
 
   finish(id: number, v: { endedAt: string; outcome: Exclude<JobOutcome, 'running'>; bytes: number; error?: string }): void {

@@ -78,4 +78,10 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
     name: 'job history labels',
     sql: `ALTER TABLE job_history ADD COLUMN label TEXT NOT NULL DEFAULT '';`,
   },
+  {
+    version: 4,
+    name: 'job scratch files',
+    // a file the job writes and renames (or deletes) when it ends: one left by a dead process is swept
+    sql: `ALTER TABLE job_history ADD COLUMN scratch_file TEXT;`,
+  },
 ];

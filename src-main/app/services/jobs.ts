@@ -4,6 +4,8 @@ import type { EventBus } from '../router/router.js';
 import type { JobsRepo } from '../catalog/jobs-repo.js';
 import type { JobSummary } from '../../../src-shared/api/domain.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
+import { unlink } from 'node:fs/promises';
+import { PARTIAL_SUFFIX } from '../../engine/jobs/restore-job.js';
 
 /** Progress events per job per second, at most (the UI asks for ≤ 10; 4 is smooth enough). */
 const PROGRESS_HZ = 4;
@@ -36,6 +38,7 @@ export class JobsService {
     private readonly engine: BlockEngine,
     private readonly repo: JobsRepo,
     private readonly bus: EventBus,
+    private readonly log?: (message: string) => void,
   ) {
     engine.jobs.on('event', (name, data) => {
       if (name === 'BLOCK_JOB_COMPLETED') this.finished(String(data.device), data.error === undefined ? 'completed' : 'failed', (data.error as string | undefined) ?? null);
@@ -43,8 +46,17 @@ export class JobsService {
     });
   }
 
-  /** Marks jobs a dead process left running as failed (start-up recovery). */
-  recover(): number {
+  /**
+   * Start-up recovery: jobs a dead process left running failed, and their scratch files (a
+   * restore's partial image) go. Only files named as scratch files are ever removed.
+   */
+  async recover(): Promise<number> {
+    for (const file of this.repo.runningScratchFiles()) {
+      if (!file.endsWith(PARTIAL_SUFFIX)) continue;
+      await unlink(file).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') this.log?.(`Could not remove ${file} left by an interrupted job: ${err.message}`);
+      });
+    }
     return this.repo.failRunning(new Date().toISOString(), 'Tidemark stopped while this job was running.');
   }
 
@@ -54,10 +66,10 @@ export class JobsService {
   }
 
   /** Starts following an engine job the app created. */
-  track(job: Job, meta: { driveId: string; label: string; kind: 'backup' | 'restore' }): void {
+  track(job: Job, meta: { driveId: string; label: string; kind: 'backup' | 'restore'; scratchFile?: string }): void {
     const startedAt = new Date().toISOString();
-    const historyId = this.repo.start({ jobId: job.id, kind: meta.kind, label: meta.label, driveId: meta.driveId, startedAt });
-    this.tracked.set(job.id, { job, ...meta, startedAt, historyId, samples: [{ t: Date.now(), bytes: job.current }] });
+    const historyId = this.repo.start({ jobId: job.id, kind: meta.kind, label: meta.label, driveId: meta.driveId, startedAt, scratchFile: meta.scratchFile });
+    this.tracked.set(job.id, { job, driveId: meta.driveId, label: meta.label, kind: meta.kind, startedAt, historyId, samples: [{ t: Date.now(), bytes: job.current }] });
     this.timer ??= setInterval(() => this.tick(), 1000 / PROGRESS_HZ);
     this.timer.unref();
   }

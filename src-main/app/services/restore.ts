@@ -2,7 +2,7 @@ import { access, constants, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { BlockEngine } from '../../engine/engine.js';
 import { openImage } from '../../engine/formats/open.js';
-import { RestoreJob } from '../../engine/jobs/restore-job.js';
+import { PARTIAL_SUFFIX, RestoreJob } from '../../engine/jobs/restore-job.js';
 import type { ChainsRepo, PointRow } from '../catalog/chains-repo.js';
 import type { EventBus } from '../router/router.js';
 import type { Preflight, RestoreReport, RestoreTarget } from '../../../src-shared/api/domain.js';
@@ -235,7 +235,7 @@ export class RestoreService {
     };
     this.reports.set(id, { ...report, durationMs: Date.now() });
     job.start();
-    this.jobs.track(job, { driveId, label: 'restore', kind: 'restore' });
+    this.jobs.track(job, { driveId, label: 'restore', kind: 'restore', scratchFile: `${targetPath}${PARTIAL_SUFFIX}` });
     return report;
   }
 

@@ -6,11 +6,11 @@ import { C_CLAIMED, C_DONE, C_PRODUCED, RING, type SetMessage } from './mark-pro
 /** How long a settle waits for an I/O worker to finish the entry it is applying. */
 const SETTLE_WAIT_MS = 100;
 
-/** What the marker needs of the I/O pool: the ring, the workers' ears, whether any is awake. */
+/** What the marker needs of the I/O pool: the ring, the workers' ears, whether one is free. */
 export interface MarkHost {
   readonly markRing: { ctrl: SharedArrayBuffer; ranges: SharedArrayBuffer; sets: SharedArrayBuffer };
   postMarkSet(message: SetMessage): void;
-  anyWorkerAwake(): boolean;
+  anyWorkerIdle(): boolean;
 }
 
 let nextNode = 1;
@@ -30,8 +30,8 @@ export interface MarkerNode {
  * what the workers have not taken yet and waiting for what one is in the middle of. The set an
  * entry names is the node's recording bitmaps when the write completed, as QEMU marks them then.
  *
- * When every worker sleeps the write is marked inline instead (waking one would cost the main
- * thread more than the marking).
+ * When no worker is awake and idle the write is marked inline instead (waking one would cost
+ * the main thread more than the marking; queueing behind a busy one would delay its requests).
  */
 export class WriteMarker {
   private readonly ctrl: Int32Array;
@@ -61,7 +61,7 @@ export class WriteMarker {
   readonly stats = { queued: 0, inline: 0 };
 
   mark(node: MarkerNode, bitmaps: readonly DirtyBitmap[], offset: number, length: number): void {
-    if (this.closed || bitmaps.length === 0 || !this.host.anyWorkerAwake()) {
+    if (this.closed || bitmaps.length === 0 || !this.host.anyWorkerIdle()) {
       this.stats.inline++;
       return markBitmaps(bitmaps, offset, length);
     }

@@ -6,6 +6,7 @@ import { createImage, openImage } from '../formats/open.js';
 import type { FileOpener } from '../io/file-handle.js';
 import { readLent } from '../formats/lend.js';
 import { Job, JobIoError, type JobEventSink } from './job.js';
+import { RateLimit } from './rate-limit.js';
 import { WINDOW, chainLayers, digestHere, diskDigest, forEachParallel, planWindows, readWindow, zeroWindowDigest, type Digest, type WindowPlan, type WindowRead } from './flatten.js';
 
 /** A restore writes its file under this suffix and renames it into place only once verified. */
@@ -68,6 +69,7 @@ export class RestoreJob extends Job {
   private readonly partial: string;
   private readonly digest: Digest;
   private readonly timings = { copyMs: 0, verifyMs: 0 };
+  private readonly limit = new RateLimit();
 
   constructor(
     private readonly config: RestoreJobConfig,
@@ -149,6 +151,7 @@ export class RestoreJob extends Job {
         return;
       }
       await this.pausePoint();
+      await this.throttle(w.data.reduce((n, p) => n + p.length, 0));
       let read: WindowRead;
       try {
         read = await readWindow(layers, w);
@@ -195,6 +198,7 @@ export class RestoreJob extends Job {
     await forEachParallel(windows.length, PARALLEL, async (i) => {
       const w = windows[i];
       await this.pausePoint();
+      if (fileHash || !zeroWindows.has(i)) await this.throttle(w.length);
       try {
         if (fileHash) digests[i] = await fileHash(w.offset, w.length);
         else if (zeroWindows.has(i)) digests[i] = zeroWindowDigest(w);
@@ -214,6 +218,19 @@ export class RestoreJob extends Job {
       if (i % 64 === 63) await new Promise((r) => setImmediate(r));
     });
     return digests;
+  }
+
+  /**
+   * Rate limiting (the job's speed, set at start or later with set-speed), QEMU's way: `bytes`
+   * go when the current slice has quota left, else after the wait their share needs. The bytes
+   * are counted before the wait, so the lanes running in parallel queue up behind each other
+   * instead of all waking into the same slice.
+   */
+  private async throttle(bytes: number): Promise<void> {
+    this.limit.setSpeed(this.speed);
+    const wait = this.limit.delay();
+    this.limit.account(bytes);
+    if (wait > 0) await this.sleep(wait);
   }
 
   private async writeCompressed(offset: number, data: Uint8Array): Promise<void> {
@@ -240,14 +257,21 @@ export class RestoreJob extends Job {
       for (let at = 0; at < drive.virtualSize; at += CHUNK) {
         await this.pausePoint();
         const n = Math.min(CHUNK, drive.virtualSize - at);
-        const [want, have] = await Promise.all([restored.read(at, n), drive.read(at, n)]);
-        for (let o = 0; o < n; o += cs) {
-          const len = Math.min(cs, n - o);
-          const w = want.subarray(o, o + len);
-          if (Buffer.compare(w, have.subarray(o, o + len)) === 0) continue;
-          if (w.every((v) => v === 0)) await drive.writeZeroes(at + o, len);
-          else await drive.write(at + o, w);
-          changed += len;
+        await this.throttle(n);
+        const [want, have] = await Promise.all([readLent(restored, at, n), drive.readLent(at, n)]);
+        try {
+          for (let o = 0; o < n; o += cs) {
+            const len = Math.min(cs, n - o);
+            const w = want.bytes.subarray(o, o + len);
+            if (Buffer.compare(w, have.bytes.subarray(o, o + len)) === 0) continue;
+            if (w.every((v) => v === 0)) await drive.writeZeroes(at + o, len);
+            else await drive.write(at + o, w);
+            changed += len;
+          }
+        } finally {
+          // the writes from `want` have settled (each was awaited)
+          want.release();
+          have.release();
         }
         this.current += n;
       }

@@ -275,10 +275,9 @@ export class NbdClient implements ExportUser {
       data.release();
       return;
     }
-    if (!this.corked) s.cork();
+    this.corkForTurn(s);
     s.write(header);
     s.write(data.bytes, () => data.release());
-    if (!this.corked) s.uncork();
     if (s.writableLength > this.limits.maxQueuedOutput) this.updateReading();
   }
 
