@@ -87,17 +87,11 @@ export class NodeBitmaps {
   /** reused by markWrite: no allocation per write */
   private readonly recordingScratch: DirtyBitmap[] = [];
 
-  /** Where marking is handed off (the engine's marker thread); inline without one. */
+  /** Where marking is handed off (the engine's WriteMarker: the I/O workers); inline without one. */
   private marker: { marker: WriteMarker; node: MarkerNode } | undefined;
 
   useMarker(marker: WriteMarker | undefined): void {
     this.marker = marker ? { marker, node: marker.node() } : undefined;
-  }
-
-  /** Whether any bitmap here records writes. */
-  recording(): boolean {
-    for (const b of this.list) if (!b.disabled) return true;
-    return false;
   }
 
   hasReadonly(): boolean {

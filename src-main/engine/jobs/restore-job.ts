@@ -160,14 +160,19 @@ export class RestoreJob extends Job {
       }
       try {
         const digest = this.digest(w.offset, read.parts);
-        for (const p of read.pieces) {
-          try {
+        // a window's pieces are written together: the format serializes only what must be
+        // (cluster allocation), the data writes overlap
+        const writes = await Promise.allSettled(
+          read.pieces.map(async (p) => {
             if (compress) await this.writeCompressed(p.offset, p.bytes);
             else await this.target!.write(p.offset, p.bytes);
-          } catch (err) {
-            throw new JobIoError('write', err);
-          }
-          this.current += p.bytes.length;
+            this.current += p.bytes.length;
+          }),
+        );
+        const failed = writes.find((r) => r.status === 'rejected');
+        if (failed) {
+          await digest.catch(() => undefined);
+          throw new JobIoError('write', failed.reason);
         }
         digests[i] = await digest;
       } finally {
