@@ -67,7 +67,7 @@ export class FaultInjector implements FileOpener {
 
 class FaultyFile implements FileHandle {
   /** offered when the wrapped file offers it (a digest reads the range: it counts as a read) */
-  readonly contentDigest?: (position: number, length: number) => Promise<string>;
+  readonly contentDigest?: (position: number, length: number, data?: readonly { offset: number; length: number }[]) => Promise<string>;
 
   constructor(
     private readonly inner: FileHandle,
@@ -76,9 +76,9 @@ class FaultyFile implements FileHandle {
   ) {
     const digest = inner.contentDigest?.bind(inner);
     if (digest) {
-      this.contentDigest = (position, length) => {
+      this.contentDigest = (position, length, data) => {
         this.injector.check(this.path, 'read', position, length);
-        return digest(position, length);
+        return digest(position, length, data);
       };
     }
   }

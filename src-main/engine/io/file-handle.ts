@@ -39,10 +39,11 @@ export interface FileHandle {
   allocation(position: number, length: number): Promise<HostExtent[]>;
   /**
    * The content digest (content-digest.ts) of a file range of at most 4 MiB (bytes past EOF as
-   * zeros), computed where the reads happen (an I/O worker) so the bytes never travel. Optional:
-   * callers read and digest themselves without it.
+   * zeros), computed where the reads happen (an I/O worker) so the bytes never travel. With
+   * `data` (sorted ranges inside it), only those are read and the rest counts as zeros — for
+   * holes the file system reported. Optional: callers read and digest themselves without it.
    */
-  contentDigest?(position: number, length: number): Promise<string>;
+  contentDigest?(position: number, length: number, data?: readonly { offset: number; length: number }[]): Promise<string>;
   close(): Promise<void>;
 }
 

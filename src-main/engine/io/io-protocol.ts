@@ -71,7 +71,10 @@ export const OP_PWRITE_ARENA = 9;
  * its bytes. The hex digest comes back in the aux area: hashing runs beside the reads.
  */
 export const OP_DIGEST_ARENA = 10;
-/** The content digest of the file range [F_POSITION, +F_LENGTH) (at most 4 MiB), read here. */
+/**
+ * The content digest of the file range [F_POSITION, +F_LENGTH) (at most 4 MiB), read here: the
+ * segments given like OP_PREADV's (`at` relative to F_POSITION) are read, the rest is zeros.
+ */
 export const OP_DIGEST_FILE = 11;
 
 export interface ChannelBuffers {

@@ -175,12 +175,12 @@ function digestArena(offset: number, segAt: number, count: number): string {
   return contentDigest(offset, parts);
 }
 
-/** Content digest of a file range (see OP_DIGEST_FILE). */
-function digestFile(fd: number, position: number, length: number): string {
+/** Content digest of a file range, of which the segments are read (see OP_DIGEST_FILE). */
+function digestFile(fd: number, position: number, length: number, segAt: number, count: number): string {
   if (length > HASH_CHUNK) throw Object.assign(new Error('range too large'), { code: 'EINVAL' });
   hashBuf ??= new Uint8Array(HASH_CHUNK);
   const view = hashBuf.subarray(0, length);
-  view.fill(0, preadFull(fd, view, position));
+  preadv(fd, view, segAt, count, true);
   return contentDigest(position, [{ bytes: view, length }]);
 }
 
@@ -239,7 +239,7 @@ function serve(slot: number): void {
         i32[ib + S_AUX_LEN] = putAux(slotBytes, slot, digestArena(position, at, i32[ib + S_RESULT]));
         break;
       case OP_DIGEST_FILE:
-        i32[ib + S_AUX_LEN] = putAux(slotBytes, slot, digestFile(fd, position, length));
+        i32[ib + S_AUX_LEN] = putAux(slotBytes, slot, digestFile(fd, position, length, at, i32[ib + S_RESULT]));
         break;
       default:
         throw Object.assign(new Error('unknown request'), { code: 'EINVAL' });

@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { open as openCb, close as closeCb, fstat as fstatCb, ftruncate as ftruncateCb, constants } from 'node:fs';
 import { promisify } from 'node:util';
 import type { FileHandle, FileOpener, HostExtent, Lent, ReadSegment } from './file-handle.js';
+import type { DataRange } from './host-extents.js';
 import {
   CTRL_BYTES,
   CTRL_COMPLETED,
@@ -84,7 +85,7 @@ export type IoRequestBody =
   | { op: 'fsync'; fd: number; home?: number }
   | { op: 'sha256'; fd: number; position: number; length: number }
   | { op: 'digest-arena'; offset: number; pieces: readonly ReadSegment[] }
-  | { op: 'digest-file'; fd: number; position: number; length: number };
+  | { op: 'digest-file'; fd: number; position: number; length: number; segments: readonly ReadSegment[] };
 
 export interface IoResult {
   data?: Uint8Array;
@@ -490,10 +491,15 @@ export class IoPool implements FileOpener, MarkHost {
           req.op = OP_FSYNC;
           break;
         case 'sha256':
-        case 'digest-file':
-          req.op = body.op === 'sha256' ? OP_SHA256 : OP_DIGEST_FILE;
+          req.op = OP_SHA256;
           req.position = body.position;
           req.length = body.length;
+          break;
+        case 'digest-file':
+          req.op = OP_DIGEST_FILE;
+          req.position = body.position;
+          req.length = body.length;
+          req.segments = body.segments;
           break;
         case 'digest-arena':
           req.op = OP_DIGEST_ARENA;
@@ -675,9 +681,16 @@ class PoolFile implements FileHandle {
     return r.hex!;
   }
 
-  /** The content digest (content-digest.ts) of a file range of at most 4 MiB, read and hashed on a worker. */
-  async contentDigest(position: number, length: number): Promise<string> {
-    const r = await this.pool.run({ op: 'digest-file', fd: this.fd, position, length }).catch(this.fail('hash'));
+  /**
+   * The content digest (content-digest.ts) of a file range of at most 4 MiB, read and hashed on
+   * a worker; with `data`, only those parts of it are read and the rest counts as zeros.
+   */
+  async contentDigest(position: number, length: number, data?: readonly DataRange[]): Promise<string> {
+    const segments = (data ?? [{ offset: position, length }]).map((r) => ({ position: r.offset, length: r.length, at: r.offset - position }));
+    for (const s of segments) {
+      if (s.at < 0 || s.at + s.length > length) throw new RangeError(`data range [${s.position}, +${s.length}) outside the digested range`);
+    }
+    const r = await this.pool.run({ op: 'digest-file', fd: this.fd, position, length, segments }).catch(this.fail('hash'));
     return r.hex!;
   }
 

@@ -5,6 +5,7 @@ import type { BlockDriver, ImageFormat } from '../formats/types.js';
 import { createImage, openImage } from '../formats/open.js';
 import type { FileOpener } from '../io/file-handle.js';
 import { readLent } from '../formats/lend.js';
+import { hostDataRanges, rangesWithin, type DataRange } from '../io/host-extents.js';
 import { Job, JobIoError, type JobEventSink } from './job.js';
 import { RateLimit } from './rate-limit.js';
 import { WINDOW, chainLayers, digestHere, diskDigest, forEachParallel, planWindows, readWindow, zeroWindowDigest, type Digest, type WindowPlan, type WindowRead } from './flatten.js';
@@ -183,36 +184,43 @@ export class RestoreJob extends Job {
   }
 
   /**
-   * The window digests of the restored image, from an independent reading of it: its own block
-   * status (zero windows cost nothing), its own reads. A raw image's file is its guest view, so
-   * it is hashed where it is read (an I/O worker) and never travels.
+   * The window digests of the restored image, from an independent reading of it: its own map of
+   * where data is (zero windows cost nothing), its own reads. A raw image's file is its guest
+   * view: it is digested where it is read (an I/O worker), and its holes are the file system's
+   * to report (hostDataRanges, as SEEK_DATA tells qemu-img compare) — reading them would only
+   * fill the page cache with zeros.
    */
   private async digestImage(image: BlockDriver, windows: WindowPlan[]): Promise<string[]> {
     const size = image.virtualSize;
     const digests: string[] = new Array<string>(windows.length);
-    const fileHash = image.format === 'raw' ? image.file.contentDigest?.bind(image.file) : undefined;
-    const zeroWindows = new Set<number>();
-    if (!fileHash) {
-      const dataWindows = new Set<number>();
-      for (const e of await image.blockStatus(0, size)) {
-        if (e.zero) continue;
-        for (let k = Math.floor(e.offset / WINDOW); k * WINDOW < e.offset + e.length; k++) dataWindows.add(k);
-      }
-      for (let k = 0; k < windows.length; k++) if (!dataWindows.has(k)) zeroWindows.add(k);
+    const fileDigest = image.format === 'raw' ? image.file.contentDigest?.bind(image.file) : undefined;
+    // per window: the data ranges to read (undefined: all of it), or [] for nothing
+    let dataOf: (w: WindowPlan) => DataRange[] | undefined;
+    if (fileDigest) {
+      const host = await hostDataRanges(image.path, size);
+      dataOf = (w) => (host ? rangesWithin(host, w.offset, w.length) : undefined);
+    } else {
+      const data: DataRange[] = (await image.blockStatus(0, size)).filter((e) => !e.zero);
+      dataOf = (w) => (rangesWithin(data, w.offset, w.length).length > 0 ? undefined : []);
     }
     await forEachParallel(windows.length, PARALLEL, async (i) => {
       const w = windows[i];
       await this.pausePoint();
-      if (fileHash || !zeroWindows.has(i)) await this.throttle(w.length);
+      const ranges = dataOf(w);
       try {
-        if (fileHash) digests[i] = await fileHash(w.offset, w.length);
-        else if (zeroWindows.has(i)) digests[i] = zeroWindowDigest(w);
-        else {
-          const lent = await readLent(image, w.offset, w.length);
-          try {
-            digests[i] = await this.digest(w.offset, [{ bytes: lent.bytes, length: w.length }]);
-          } finally {
-            lent.release();
+        if (ranges?.length === 0) {
+          digests[i] = zeroWindowDigest(w);
+        } else {
+          await this.throttle(ranges ? ranges.reduce((n, r) => n + r.length, 0) : w.length);
+          if (fileDigest) {
+            digests[i] = await fileDigest(w.offset, w.length, ranges);
+          } else {
+            const lent = await readLent(image, w.offset, w.length);
+            try {
+              digests[i] = await this.digest(w.offset, [{ bytes: lent.bytes, length: w.length }]);
+            } finally {
+              lent.release();
+            }
           }
         }
       } catch (err) {
