@@ -56,10 +56,10 @@ export class WriteMarker {
     return { key: nextNode++, set: undefined };
   }
 
-  /** Marks [offset, +length) in `bitmaps` (a node's recording bitmaps) — now, or queued. */
   /** writes marked through the ring and inline so far (diagnostics, tests) */
   readonly stats = { queued: 0, inline: 0 };
 
+  /** Marks [offset, +length) in `bitmaps` (a node's recording bitmaps) — now, or queued. */
   mark(node: MarkerNode, bitmaps: readonly DirtyBitmap[], offset: number, length: number): void {
     if (this.closed || bitmaps.length === 0 || !this.host.anyWorkerIdle()) {
       this.stats.inline++;
@@ -80,7 +80,7 @@ export class WriteMarker {
    * the one a worker is applying (microseconds). With nothing queued, one comparison.
    */
   readonly settle = (): void => {
-    if (Atomics.load(this.ctrl, C_DONE) === this.produced) return;
+    if (this.closed || Atomics.load(this.ctrl, C_DONE) === this.produced) return;
     for (;;) {
       const claimed = Atomics.load(this.ctrl, C_CLAIMED);
       if (this.produced - claimed <= 0) break;
@@ -91,11 +91,13 @@ export class WriteMarker {
     // a worker may be in the middle of one: wait for it, so that nothing it sets can land after
     // what the caller does next (a clear). It takes microseconds; a worker that does not finish
     // within the bound (stopped by the system, or dead) gets its entries applied here too —
-    // setting bits twice is harmless and keeps counts exact
+    // setting bits twice is harmless and keeps counts exact — and is not relied on again:
+    // marking goes inline from then on
     const until = performance.now() + SETTLE_WAIT_MS;
     while (Atomics.load(this.ctrl, C_DONE) !== this.produced) {
       if (performance.now() > until) {
         for (let k = Atomics.load(this.ctrl, C_DONE); this.produced - k > 0; k = (k + 1) | 0) this.applySlot(k & (RING - 1));
+        this.closed = true;
         break;
       }
     }
