@@ -84,7 +84,7 @@ async function next(page: Page, to: string): Promise<void> {
 test('restore point 1 of a drive into a new raw file: every step, progress, verified, equal to the backup', async ({ page }) => {
   test.setTimeout(180_000);
   await openConsole(page, tm);
-  // 2 GiB: verifying hashes the whole disk, long enough to watch the progress
+  // 2 GiB, mostly empty (the restore reads and verifies only what holds data)
   await createDrive(page, { path: tm.imagePath('vm1-root.qcow2'), id: 'root', format: 'qcow2', size: '2G' });
   await dismissToasts(page);
 
@@ -162,6 +162,13 @@ test('restore point 1 of a drive into a new raw file: every step, progress, veri
   mkdirSync(dirname(restored), { recursive: true });
   await page.getByTestId('target-path').fill(restored);
   await expect(check(page, 'target')).toContainText(restored);
+  // a speed limit: refused until it is a speed; at 2 MiB/s the 6 MiB of data take long enough
+  // to watch the progress below
+  await page.getByTestId('target-speed').fill('fast');
+  await expect(wizard(page)).toContainText('Type a speed above zero in MiB/s');
+  await expect(page.getByTestId('wizard-next')).toBeDisabled();
+  await page.getByTestId('target-speed').fill('2');
+  await expect(wizard(page)).toContainText('At most 2');
   await allChecksPass(page);
   await snap(page, 'restore-4-target');
   await next(page, 'confirm');
@@ -173,6 +180,7 @@ test('restore point 1 of a drive into a new raw file: every step, progress, veri
   await expect(page.getByTestId('summary-path')).toHaveText(restored);
   await expect(summary).toContainText('Read 1 backup file (full #1)');
   await expect(summary).toContainText('Leave drive root and its backups as they are.');
+  await expect(page.getByTestId('summary-speed')).toContainText('Read and write at most 2');
   await expect(page.getByTestId('confirm-id')).toHaveCount(0);
   await snap(page, 'restore-5-confirm');
   // Back keeps every choice
@@ -466,6 +474,8 @@ test('cancelling a restore asks first, then removes its partial file and leaves 
   const target = join(tm.root, 'cancelled', 'bulk.raw');
   mkdirSync(dirname(target), { recursive: true });
   await page.getByTestId('target-path').fill(target);
+  // slowed down, so that the pause below meets a restore that is still copying
+  await page.getByTestId('target-speed').fill('20');
   await allChecksPass(page);
   await next(page, 'confirm');
   await page.getByTestId('start-restore').click();

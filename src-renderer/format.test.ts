@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { bitmapBits, bitmapMemory, GRANULARITIES } from './bitmap-math';
-import { formatDay, formatDuration, formatEta, formatPercent, groupByDay, jobTitle, kindName, lowerFirst, pathParts } from './format';
+import { formatDay, formatDuration, formatEta, formatPercent, groupByDay, jobTitle, kindName, lowerFirst, parseMiBps, pathParts } from './format';
 
 describe('bitmap memory', () => {
   it('is one bit per granule, rounded up to whole bytes (QEMU)', () => {
@@ -70,5 +70,17 @@ describe('days', () => {
     const days = groupByDay(items, (t) => t, now);
     expect(days.map((d) => d.label.slice(0, 9))).toEqual(['Today', 'Yesterday', formatDay(at(1, 8), now).slice(0, 9)]);
     expect(days[0].items).toEqual([at(5, 14), at(5, 9)]);
+  });
+});
+
+describe('speed fields', () => {
+  it('read MiB/s as bytes per second; empty is no limit; anything else is refused', () => {
+    expect(parseMiBps('')).toBe(0);
+    expect(parseMiBps('  ')).toBe(0);
+    expect(parseMiBps('50')).toBe(50 * 2 ** 20);
+    expect(parseMiBps(' 0.5 ')).toBe(2 ** 19);
+    expect(parseMiBps('0')).toBeUndefined();
+    expect(parseMiBps('-3')).toBeUndefined();
+    expect(parseMiBps('fast')).toBeUndefined();
   });
 });

@@ -167,6 +167,7 @@ describe('targets', () => {
       attach: false,
       paths: { root: ' /tmp/r.raw ' },
       attachIds: { root: 'root-p1' },
+      speedText: '',
     };
     // compress is for qcow2 only; force and attach only when asked for
     expect(targetFor(draft, 'root')).toEqual({ kind: 'file', path: '/tmp/r.raw', format: 'raw' });

@@ -164,6 +164,8 @@ export interface TargetDraft {
   paths: Readonly<Record<string, string>>;
   /** per drive id */
   attachIds: Readonly<Record<string, string>>;
+  /** the speed limit as typed, in MiB/s; empty = none */
+  speedText: string;
 }
 
 export function targetFor(draft: TargetDraft, driveId: string): RestoreTarget {

@@ -157,7 +157,7 @@ export class TidemarkApp {
         'jobs.resume': async (p) => (this.jobs.resume(p.id), {}),
         'jobs.cancel': async (p) => (await this.jobs.cancel(p.id), {}),
         'restore.preflight': (p) => this.restore.preflight(p.driveId, p.n, p.target),
-        'restore.start': (p) => this.restore.start(p.driveId, p.n, p.target, p.confirm),
+        'restore.start': (p) => this.restore.start(p.driveId, p.n, p.target, p.confirm, p.speed),
         'restore.report': async (p) => this.restore.report(p.jobId),
         'jobs.transaction': async (p) => {
           const jobs = await runTransaction(this.engine, p.actions.map(toEngineAction), p.completionMode ?? 'individual');

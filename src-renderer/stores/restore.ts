@@ -18,6 +18,8 @@ export interface RestoreItem {
   target: RestoreTarget;
   /** in place: the drive id, as the person confirmed it */
   confirm?: string;
+  /** bytes per second; 0 = no limit */
+  speed?: number;
   state: 'waiting' | 'running' | 'completed' | 'failed' | 'cancelled' | 'skipped';
   jobId: string | null;
   /** from restore.start, then the final one from restore.finished */
@@ -43,13 +45,19 @@ export interface RestoreRun {
   startedAt: number;
 }
 
-export type RestoreSpec = Pick<RestoreItem, 'driveId' | 'n' | 'target' | 'confirm'>;
+export type RestoreSpec = Pick<RestoreItem, 'driveId' | 'n' | 'target' | 'confirm' | 'speed'>;
 
 /** reports of restores that ended before their start reply came in, kept briefly */
 const EARLY_MEMORY = 20;
 
 function startInput(spec: RestoreSpec): RequestInput<'restore.start'> {
-  return { driveId: spec.driveId, n: spec.n, target: spec.target, ...(spec.confirm !== undefined ? { confirm: spec.confirm } : {}) };
+  return {
+    driveId: spec.driveId,
+    n: spec.n,
+    target: spec.target,
+    ...(spec.confirm !== undefined ? { confirm: spec.confirm } : {}),
+    ...(spec.speed ? { speed: spec.speed } : {}),
+  };
 }
 
 /**

@@ -143,7 +143,16 @@ export const requests = {
   },
   /** Starts a restore (after the same checks); in place needs `confirm` = the drive id, typed by the user */
   'restore.start': {
-    input: z.object({ driveId: z.string().min(1), n: z.number().int().positive(), target: RestoreTargetSchema, confirm: z.string().optional() }).strict(),
+    input: z
+      .object({
+        driveId: z.string().min(1),
+        n: z.number().int().positive(),
+        target: RestoreTargetSchema,
+        confirm: z.string().optional(),
+        /** bytes per second; 0 or absent = no limit (changeable later with jobs.setSpeed) */
+        speed: z.number().int().nonnegative().optional(),
+      })
+      .strict(),
     output: RestoreReportSchema,
   },
   'restore.report': { input: z.object({ jobId: z.string().min(1) }).strict(), output: RestoreReportSchema },

@@ -178,5 +178,17 @@ describe('restore', () => {
     expect(lost.outcome).toBe('failed');
     expect(lost.error).toBe('Tidemark stopped while this job was running.');
   });
+
+  it('a speed limit given at the start is the job’s, shown with its progress and changeable', async () => {
+    const { root, app } = await setup();
+    await backUp(app, join(root, 'snap1.raw'));
+    const started = await app.restore.start('vm', 1, { kind: 'file', path: join(root, 'slow.raw'), format: 'raw' }, undefined, 1 << 20);
+    const job = app.jobs.list().find((j) => j.id === started.jobId)!;
+    expect(job.speedLimit).toBe(1 << 20);
+    app.jobs.setSpeed(started.jobId, 0);
+    expect(app.jobs.list().find((j) => j.id === started.jobId)?.speedLimit ?? 0).toBe(0);
+    const r = await restore(app, 1, { kind: 'file', path: join(root, 'fast.raw'), format: 'raw' });
+    expect(r.outcome).toBe('completed');
+  });
 });
 

@@ -186,7 +186,7 @@ export class RestoreService {
     return d;
   }
 
-  async start(driveId: string, n: number, target: RestoreTarget, confirm?: string): Promise<RestoreReport> {
+  async start(driveId: string, n: number, target: RestoreTarget, confirm?: string, speed = 0): Promise<RestoreReport> {
     if (target.kind === 'in-place' && confirm !== driveId) {
       throw new TidemarkError('INVALID_INPUT', `Restoring in place overwrites drive '${driveId}'. Confirm by giving its id.`);
     }
@@ -209,6 +209,7 @@ export class RestoreService {
         format: target.kind === 'file' ? target.format : drive!.driver.format,
         compress: target.kind === 'file' && !!target.compress,
         inPlace: drive,
+        speed,
         opener: this.engine.opener,
         digest: (offset, parts) => this.engine.pool.contentDigest(offset, parts),
       },
