@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync, openSync, writeSync, closeSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { qemu } from './helpers/qemu.js';
+import { qemu, qemuImgCompare } from './helpers/qemu.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const bin = join(root, 'bin', 'tidemark.mjs');
@@ -67,6 +67,46 @@ describe('tidemark CLI', () => {
     expect(tm(data, 'drives', 'add', join(dir, 'missing.qcow2')).code).toBe(1);
     expect(tm(data, 'nonsense').code).toBe(2);
     expect(tm(data, 'backup', '--drive', 'web', '--full', '--diff').code).toBe(2);
+  });
+
+  it('restores a point by number or by time, to raw by default or qcow2, refuses an existing file without --force, and in place only with --yes', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tm-cli-'));
+    const data = join(dir, 'data');
+    const img = image(dir, 'web.qcow2');
+    expect(tm(data, 'drives', 'add', img, '--id', 'web').code).toBe(0);
+    expect(tm(data, 'backup', '--drive', 'web', '--dest', join(dir, 'bk')).code).toBe(0);
+    qemu('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x62 4M 64k', img]);
+    expect(tm(data, 'backup', '--drive', 'web').code).toBe(0);
+    const points = JSON.parse(tm(data, 'chains', '--json').out)[0].points as { n: number; file: string; time: string }[];
+
+    // by number, default format raw
+    const one = join(dir, 'one.raw');
+    const r1 = tm(data, 'restore', '--drive', 'web', '--point', '1', '--to', one);
+    expect(r1.code, r1.err).toBe(0);
+    expect(r1.out).toMatch(/Restored and verified: .*one\.raw \(content digest [0-9a-f]{64}\)/);
+    expect(JSON.parse(qemu('qemu-img', ['info', '--output=json', one])).format).toBe('raw');
+    expect(qemuImgCompare(points[0].file, one, 'qcow2', 'raw').same).toBe(true);
+    // an existing file is refused, and kept; --force overwrites it
+    const again = tm(data, 'restore', '--drive', 'web', '--point', '1', '--to', one);
+    expect(again.code).toBe(1);
+    expect(again.err).toMatch(/already exists/);
+    expect(tm(data, 'restore', '--drive', 'web', '--point', '1', '--to', one, '--force').code).toBe(0);
+
+    // by time (the latest point at or before it), to qcow2, as JSON
+    const two = join(dir, 'two.qcow2');
+    const r2 = tm(data, '--json', 'restore', '--drive', 'web', '--point', points[1].time, '--to', two, '--format', 'qcow2');
+    expect(r2.code, r2.err).toBe(0);
+    expect(JSON.parse(r2.out)).toMatchObject({ n: 2, outcome: 'completed', verified: true, format: 'qcow2' });
+    expect(qemuImgCompare(points[1].file, two, 'qcow2', 'qcow2').same).toBe(true);
+
+    // usage errors: exit 2, nothing done
+    expect(tm(data, 'restore', '--drive', 'web', '--point', 'someday', '--to', join(dir, 'x.raw')).code).toBe(2);
+    expect(tm(data, 'restore', '--drive', 'web', '--point', '1', '--in-place').code).toBe(2);
+    expect(qemuImgCompare(points[1].file, img, 'qcow2', 'qcow2').same).toBe(true);
+    // in place, confirmed: the drive reads as point 1 again
+    const inPlace = tm(data, 'restore', '--drive', 'web', '--point', '1', '--in-place', '--yes');
+    expect(inPlace.code, inPlace.err).toBe(0);
+    expect(qemuImgCompare(points[0].file, img, 'qcow2', 'qcow2').same).toBe(true);
   });
 
   it('talks to the running Tidemark that owns the data dir instead of opening files twice', async () => {

@@ -1,10 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import type { TidemarkApp } from '../../src-main/app/app.js';
 import type { RestoreReport } from '../../src-shared/api/domain.js';
-import { qemu, qemuImgCheck, qemuImgCompare } from '../helpers/qemu.js';
+import { qemu, qemuImgCheck, qemuImgCompare, umount } from '../helpers/qemu.js';
 import { appHarness } from '../helpers/apps.js';
 import { JobsRepo } from '../../src-main/app/catalog/jobs-repo.js';
 import { PARTIAL_SUFFIX } from '../../src-main/engine/jobs/restore-job.js';
@@ -124,6 +125,11 @@ describe('restore', () => {
     expect(existsSync(join(root, 'out.raw'))).toBe(false);
     const ok = await restore(app, 1, { kind: 'file', path: join(root, 'one.raw'), format: 'raw' });
     expect(ok.outcome).toBe('completed');
+    // the middle link gone altogether: named as missing, point 1 still offered
+    rmSync(middle);
+    const gone = await app.restore.preflight('vm', 3, { kind: 'file', path: join(root, 'out.raw'), format: 'raw' });
+    expect(gone.checks.find((c) => c.id === 'chain')).toMatchObject({ ok: false, detail: expect.stringMatching(/Link 2 of 3 .*missing/i) });
+    expect(gone.restorable).toEqual([1]);
   });
 
   it('ENOSPC mid-restore and cancel mid-restore leave no file and the drive untouched', async () => {
@@ -189,6 +195,24 @@ describe('restore', () => {
     expect(app.jobs.list().find((j) => j.id === started.jobId)?.speedLimit ?? 0).toBe(0);
     const r = await restore(app, 1, { kind: 'file', path: join(root, 'fast.raw'), format: 'raw' });
     expect(r.outcome).toBe('completed');
+  });
+
+  it('a target on a read-only mount: the pre-flight says so and nothing starts', async () => {
+    const { root, app } = await setup();
+    await backUp(app, join(root, 'snap1.raw'));
+    const ro = join(root, 'ro');
+    mkdirSync(ro);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=1M', 'tmpfs', ro]);
+    try {
+      const target = { kind: 'file' as const, path: join(ro, 'out.raw'), format: 'raw' as const };
+      const pre = await app.restore.preflight('vm', 1, target);
+      expect(pre.ok).toBe(false);
+      expect(pre.checks.find((c) => c.id === 'target')).toMatchObject({ ok: false, detail: `Tidemark cannot write to '${ro}' (read-only or no permission).` });
+      await expect(app.restore.start('vm', 1, target)).rejects.toThrow(/cannot write to/);
+      expect(readdirSync(ro)).toEqual([]);
+    } finally {
+      umount(ro);
+    }
   });
 });
 
