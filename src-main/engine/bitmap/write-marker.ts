@@ -39,9 +39,8 @@ export class WriteMarker {
   private readonly setIds: Int32Array;
   private produced = 0;
   private nextSet = 1;
-  /** the bitmaps of every set entries may still name (main-thread objects) */
-  private readonly sets = new Map<number, readonly DirtyBitmap[]>();
-  private readonly nodeOfSet = new Map<number, number>();
+  /** every set entries may still name: its node and its bitmaps (main-thread objects) */
+  private readonly sets = new Map<number, { node: number; bitmaps: readonly DirtyBitmap[] }>();
   private closed = false;
   private readonly removeSettler: () => void;
 
@@ -118,8 +117,7 @@ export class WriteMarker {
     const id = this.nextSet++;
     const copy = [...bitmaps];
     node.set = { id, bitmaps: copy };
-    this.sets.set(id, copy);
-    this.nodeOfSet.set(id, node.key);
+    this.sets.set(id, { node: node.key, bitmaps: copy });
     const message: SetMessage = {
       id,
       node: node.key,
@@ -132,16 +130,11 @@ export class WriteMarker {
   /** After a settle only each node's newest set can still be named. */
   private pruneSets(): void {
     const newest = new Map<number, number>();
-    for (const [id, node] of this.nodeOfSet) if ((newest.get(node) ?? 0) < id) newest.set(node, id);
-    for (const [id, node] of this.nodeOfSet) {
-      if (newest.get(node) !== id) {
-        this.sets.delete(id);
-        this.nodeOfSet.delete(id);
-      }
-    }
+    for (const [id, { node }] of this.sets) if ((newest.get(node) ?? 0) < id) newest.set(node, id);
+    for (const [id, { node }] of this.sets) if (newest.get(node) !== id) this.sets.delete(id);
   }
 
   private applySlot(slot: number): void {
-    markBitmaps(this.sets.get(this.setIds[slot]) ?? [], this.ranges[slot * 2], this.ranges[slot * 2 + 1]);
+    markBitmaps(this.sets.get(this.setIds[slot])?.bitmaps ?? [], this.ranges[slot * 2], this.ranges[slot * 2 + 1]);
   }
 }

@@ -3,7 +3,7 @@
 // Requests arrive in a shared ring (see io-protocol.ts); this thread never returns to its event loop.
 import { receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { fsyncSync, readSync, readvSync, writeSync } from 'node:fs';
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import {
   CTRL_COMPLETED,
   CTRL_SLEEPING,
@@ -115,51 +115,16 @@ function pwriteFull(fd: number, data: Uint8Array, position: number): void {
   while (done < data.length) done += writeSync(fd, data, done, data.length - done, position + done);
 }
 
-/** The digest of `length` zero bytes, per length asked for (windows of a disk are mostly one size). */
-const zeroDigests = new Map<number, string>();
-const ZEROS = new Uint8Array(HASH_CHUNK);
-
-function updateZeros(hash: Hash, length: number): void {
-  for (let left = length; left > 0; left -= ZEROS.length) hash.update(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
-}
-
-function zeroDigest(length: number): string {
-  let hex = zeroDigests.get(length);
-  if (hex === undefined) {
-    const hash = createHash('sha256');
-    updateZeros(hash, length);
-    hex = hash.digest('hex');
-    if (zeroDigests.size < 16) zeroDigests.set(length, hex);
-  }
-  return hex;
-}
-
-/**
- * sha256 of a file range (bytes past EOF count as zeros). Runs of zeros — holes of a sparse
- * image, most of a restored disk — are only compared with zeros (memcmp speed), and hashed only
- * once data follows them; a range that is all zeros gets the digest of its length in zeros.
- */
 function sha256(fd: number, position: number, length: number): string {
   const hash = createHash('sha256');
   hashBuf ??= new Uint8Array(HASH_CHUNK);
-  let pendingZeros = 0;
-  let sawData = false;
   for (let at = 0; at < length; ) {
     const n = Math.min(HASH_CHUNK, length - at);
     const view = hashBuf.subarray(0, n);
     view.fill(0, preadFull(fd, view, position + at));
-    if (Buffer.compare(view, ZEROS.subarray(0, n)) === 0) {
-      pendingZeros += n;
-    } else {
-      updateZeros(hash, pendingZeros);
-      pendingZeros = 0;
-      sawData = true;
-      hash.update(view);
-    }
+    hash.update(view);
     at += n;
   }
-  if (!sawData) return zeroDigest(length);
-  updateZeros(hash, pendingZeros);
   return hash.digest('hex');
 }
 
