@@ -104,7 +104,7 @@ export class BlockEngine extends EventEmitter<EngineEvents> {
       throw new TidemarkError('ALREADY_EXISTS', `A drive with id '${options.id}' already exists.`);
     }
     const drive = new Drive(options.id, this.nextNodeName(), driver, options.discard ?? 'ignore');
-    // guest-write marking handed to the I/O workers (applied between their requests)
+    // guest writes are marked right after the next request starts (bitmap/write-marker.ts)
     this.marker ??= new WriteMarker(this.pool);
     drive.bitmaps.useMarker(this.marker);
     try {

@@ -38,8 +38,19 @@ export function bitmapBytes(size: number, granularity: number): number {
 }
 
 /**
+ * A count of changes to which bitmaps record — one enabled or disabled anywhere, or a node's list
+ * changed (NodeBitmaps) — so that a node can keep its list of recording bitmaps between writes
+ * instead of building it on every guest write.
+ */
+export const recordingEpoch = { value: 0 };
+
+export function recordingChanged(): void {
+  recordingEpoch.value++;
+}
+
+/**
  * A dirty bitmap over a disk of `size` bytes: one bit per `granularity` bytes, in shared memory
- * so any thread can mark it. Flags follow QEMU's BdrvDirtyBitmap: disabled (not recording),
+ * (SharedBits says which threads may set bits when). Flags follow QEMU's BdrvDirtyBitmap: disabled (not recording),
  * busy (in use by a job or export), persistent (stored in the qcow2 image), inconsistent (found
  * in use after a crash: only removable), readonly (from a read-only image), and an optional
  * anonymous successor that takes the writes while a backup uses this bitmap.
@@ -49,7 +60,7 @@ export class DirtyBitmap {
   readonly granularity: number;
   readonly size: number;
   readonly bits: SharedBits;
-  disabled: boolean;
+  private isDisabled: boolean;
   busy = false;
   persistent: boolean;
   inconsistent = false;
@@ -62,9 +73,20 @@ export class DirtyBitmap {
     this.name = options.name;
     this.size = options.size;
     this.granularity = options.granularity;
-    this.disabled = options.disabled ?? false;
+    this.isDisabled = options.disabled ?? false;
     this.persistent = options.persistent ?? false;
     this.bits = new SharedBits(Math.ceil(options.size / options.granularity), options.buffer);
+  }
+
+  /** Not recording guest writes. */
+  get disabled(): boolean {
+    return this.isDisabled;
+  }
+
+  set disabled(value: boolean) {
+    if (value === this.isDisabled) return;
+    this.isDisabled = value;
+    recordingChanged();
   }
 
   /** Recording = it (or its successor) takes guest writes. */

@@ -1,6 +1,6 @@
-import { DirtyBitmap, MAX_NAME_BYTES, type BitmapInfo } from './dirty-bitmap.js';
+import { DirtyBitmap, MAX_NAME_BYTES, recordingChanged, recordingEpoch, type BitmapInfo } from './dirty-bitmap.js';
 import { markBitmaps } from './mark-bitmaps.js';
-import type { MarkerNode, WriteMarker } from './write-marker.js';
+import type { WriteMarker } from './write-marker.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
 
 /** QEMU's bdrv_dirty_bitmap_check flags, evaluated in this order. */
@@ -67,31 +67,43 @@ export class NodeBitmaps {
 
   insert(b: DirtyBitmap): void {
     this.list.unshift(b);
+    recordingChanged();
   }
 
   /** Takes a bitmap out of the list (its memory goes with the last reference). */
   release(b: DirtyBitmap): void {
     this.list = this.list.filter((x) => x !== b);
+    recordingChanged();
   }
 
   /** Guest write tracking: every enabled bitmap on the node, successors included, marks the range. */
   markWrite(offset: number, length: number): void {
-    const recording = this.recordingScratch;
-    recording.length = 0;
-    for (const b of this.list) if (!b.disabled) recording.push(b);
+    const recording = this.recordingNow();
     if (recording.length === 0) return;
-    if (this.marker) this.marker.marker.mark(this.marker.node, recording, offset, length);
+    if (this.marker) this.marker.mark(recording, offset, length);
     else markBitmaps(recording, offset, length);
   }
 
-  /** reused by markWrite: no allocation per write */
-  private readonly recordingScratch: DirtyBitmap[] = [];
+  /**
+   * The bitmaps recording now. A new array whenever that changed, never modified afterwards: a
+   * write marked later (write-marker.ts) keeps the set it completed with.
+   */
+  private recordingNow(): readonly DirtyBitmap[] {
+    if (this.recordingAt !== recordingEpoch.value) {
+      this.recording = this.list.filter((b) => !b.disabled);
+      this.recordingAt = recordingEpoch.value;
+    }
+    return this.recording;
+  }
 
-  /** Where marking is handed off (the engine's WriteMarker: the I/O workers); inline without one. */
-  private marker: { marker: WriteMarker; node: MarkerNode } | undefined;
+  private recording: readonly DirtyBitmap[] = [];
+  private recordingAt = -1;
+
+  /** Where marking is handed off (the engine's WriteMarker: deferred); marked at once without one. */
+  private marker: WriteMarker | undefined;
 
   useMarker(marker: WriteMarker | undefined): void {
-    this.marker = marker ? { marker, node: marker.node() } : undefined;
+    this.marker = marker;
   }
 
   hasReadonly(): boolean {
@@ -115,6 +127,7 @@ export class NodeBitmaps {
     b.successor = s;
     b.busy = true;
     this.list.push(s);
+    recordingChanged();
     return s;
   }
 
@@ -129,6 +142,7 @@ export class NodeBitmaps {
     const at = this.list.indexOf(b);
     this.list = this.list.filter((x) => x !== s);
     this.list.splice(at, 1, s);
+    recordingChanged();
     return s;
   }
 

@@ -4,12 +4,18 @@
  * Level 0 holds one bit per granule. Each level above holds one bit per 32-bit word of the level
  * below ("that word is not zero"), so finding the next set bit in a mostly empty 2 TiB bitmap
  * touches a few words per level instead of millions (the idea of QEMU's hbitmap, written anew).
- * Sets use Atomics.or and may come from any thread at once; the population count is kept exact
- * with Atomics.add on a shared 64-bit counter. Every read and clear first applies the guest-write
- * marks still queued for the marker thread (pending-marks.ts), so deferred marking never shows. Clears come from one thread at a time (the
- * engine's), and re-check the word after clearing its summary bit so a concurrent set is never
- * hidden from the summary.
+ * Threads: sets from threads other than the process's main thread use Atomics and may run at
+ * once; the main thread sets with plain loads and stores (see setOwned), so it must never set
+ * bits of a bitmap that another thread is setting at the same time — in the engine only the
+ * main thread sets bits, where guest writes complete (bitmap/write-marker.ts). The population
+ * count is kept exact in two parts: what the main thread added or removed, in a float64 only it
+ * writes, and what other threads added, in a 64-bit counter they add to with Atomics. Clears
+ * come from one thread at a time (the engine's), and re-check the word after clearing its
+ * summary bit so a concurrent set is never hidden from the summary. Every read and clear first
+ * applies the guest-write marks still held back (pending-marks.ts), so deferred marking never
+ * shows.
  */
+import { isMainThread } from 'node:worker_threads';
 import { settleMarks } from './pending-marks.js';
 
 export interface SharedBitsLayout {
@@ -21,6 +27,9 @@ export interface SharedBitsLayout {
 }
 
 const WORD = 32;
+/** bytes before the words: the other threads' counter (BigInt64), then the main thread's (float64) */
+const HEADER = 16;
+const ON_MAIN_THREAD = isMainThread;
 
 export function layoutFor(bits: number): SharedBitsLayout {
   const levelWords: number[] = [];
@@ -53,8 +62,10 @@ export class SharedBits {
   readonly layout: SharedBitsLayout;
   /** all levels, one after another */
   readonly words: Int32Array;
-  /** [0] = number of set bits at level 0 */
+  /** bits set at level 0 by threads other than the main thread (Atomics only) */
   private readonly counter: BigInt64Array;
+  /** bits set at level 0 minus bits cleared, by the main thread (written by it alone) */
+  private readonly mainCount: Float64Array;
   readonly buffer: SharedArrayBuffer;
   /** where level 1 starts in `words` (level 0 itself for a one-word bitmap) */
   private readonly summaryAt: number;
@@ -64,11 +75,12 @@ export class SharedBits {
     if (!Number.isSafeInteger(bits) || bits < 0) throw new RangeError(`invalid bit count ${bits}`);
     this.layout = layoutFor(bits);
     const totalWords = this.layout.levelOffsets.at(-1)! + this.layout.levelWords.at(-1)!;
-    const bytes = 8 + totalWords * 4;
+    const bytes = HEADER + totalWords * 4;
     this.buffer = buffer ?? new SharedArrayBuffer(bytes);
     if (this.buffer.byteLength !== bytes) throw new RangeError('shared buffer does not match the bit count');
     this.counter = new BigInt64Array(this.buffer, 0, 1);
-    this.words = new Int32Array(this.buffer, 8, totalWords);
+    this.mainCount = new Float64Array(this.buffer, 8, 1);
+    this.words = new Int32Array(this.buffer, HEADER, totalWords);
     this.summaryAt = this.layout.levelOffsets[1] ?? 0;
   }
 
@@ -76,10 +88,16 @@ export class SharedBits {
     return this.layout.bits;
   }
 
-  /** number of set bits, exact */
+  /** number of set bits, exact (on the main thread, or on a thread that is the only one using the bits) */
   count(): number {
     settleMarks();
-    return Number(Atomics.load(this.counter, 0));
+    return Number(Atomics.load(this.counter, 0)) + this.mainCount[0];
+  }
+
+  /** Counts bits set (n > 0) or cleared (n < 0) by this thread. */
+  private addCount(n: number): void {
+    if (ON_MAIN_THREAD) this.mainCount[0] += n;
+    else Atomics.add(this.counter, 0, BigInt(n));
   }
 
   get(bit: number): boolean {
@@ -90,41 +108,81 @@ export class SharedBits {
   /**
    * Reads (without ordering) the words setRange(bit, …) will touch first: its level-0 word and
    * the summary word above it. Several bitmaps touched one after another overlap their cache
-   * misses — the atomic operations that follow are barriers and would take them one by one.
+   * misses, which the sets that follow would otherwise take one by one (each waits on its load).
    */
   touch(bit: number): number {
     return this.words[bit >>> 5] | this.words[this.summaryAt + (bit >>> 10)];
   }
 
-  /** Sets bits [first, last] (inclusive). Safe from any thread. */
+  /** Sets bits [first, last] (inclusive). */
   setRange(first: number, last: number): void {
     if (last < first) return;
     this.check(first, last);
-    const w0 = first >>> 5;
-    if (w0 === last >>> 5 && last < 2 ** 32) {
-      // the write path's common case (a write within one word of granules), kept lean: it runs
-      // for every recording bitmap on every guest write
+    if (ON_MAIN_THREAD) this.setOwned(first, last);
+    else this.setShared(first, last);
+  }
+
+  /**
+   * setRange on the main thread, which in the engine is the one thread that marks bits: plain
+   * loads and stores. A locked instruction costs ~25 ns on the 2-core VM, and marking a fresh
+   * bit takes two or three (its word, the summary words above it) — per recording bitmap, on
+   * every guest write.
+   */
+  private setOwned(first: number, last: number): void {
+    const words = this.words;
+    if (last < 2 ** 32 && first >>> 5 === last >>> 5) {
+      // the write path's common case (a write within one word of granules), kept lean
+      const w = first >>> 5;
       const width = last - first + 1;
       const mask = width === 32 ? -1 : ((1 << width) - 1) << (first & 31);
-      const now = Atomics.load(this.words, w0);
-      if ((now & mask) === mask) return;
-      const old = Atomics.or(this.words, w0, mask);
-      const fresh = mask & ~old;
-      if (fresh !== 0) Atomics.add(this.counter, 0, bigCount(popcount32(fresh)));
-      if (old === 0) this.markSummary(w0);
+      const old = words[w];
+      if ((old & mask) === mask) return;
+      words[w] = old | mask;
+      this.mainCount[0] += popcount32(mask & ~old);
+      if (old === 0) this.summarizeOwned(w);
       return;
     }
     let added = 0;
-    for (let w = Math.floor(first / WORD); w <= Math.floor(last / WORD); w++) {
+    for (let w = Math.floor(first / WORD), end = Math.floor(last / WORD); w <= end; w++) {
       const mask = maskFor(w, first, last);
+      const old = words[w];
       // the common case for hot regions: already dirty, nothing to write
+      if ((old & mask) === mask) continue;
+      words[w] = old | mask;
+      added += popcount32(mask & ~old);
+      if (old === 0) this.summarizeOwned(w);
+    }
+    this.mainCount[0] += added;
+  }
+
+  /** markSummary with plain loads and stores (the main thread's sets). */
+  private summarizeOwned(word: number): void {
+    const { levelOffsets } = this.layout;
+    const words = this.words;
+    let w = word;
+    for (let level = 1; level < levelOffsets.length; level++) {
+      const bit = 1 << (w & 31);
+      const at = levelOffsets[level] + (w >>> 5);
+      const old = words[at];
+      if (old & bit) return;
+      words[at] = old | bit;
+      if (old !== 0) return; // the levels above already know
+      w >>>= 5;
+    }
+  }
+
+  /** setRange on any other thread: with Atomics, so that several can set bits at once. */
+  private setShared(first: number, last: number): void {
+    let added = 0;
+    for (let w = Math.floor(first / WORD), end = Math.floor(last / WORD); w <= end; w++) {
+      const mask = maskFor(w, first, last);
       if ((Atomics.load(this.words, w) & mask) === mask) continue;
       const old = Atomics.or(this.words, w, mask);
       const fresh = mask & ~old;
       if (fresh !== 0) added += popcount32(fresh);
       if (old === 0) this.markSummary(w);
     }
-    if (added) Atomics.add(this.counter, 0, bigCount(added));
+    if (added) this.addCount(added);
   }
 
   /** Clears bits [first, last] (inclusive). One clearing thread at a time. */
@@ -142,7 +200,7 @@ export class SharedBits {
         if ((old & ~mask) === 0) this.clearSummary(0, w);
       }
     }
-    if (removed) Atomics.sub(this.counter, 0, BigInt(removed));
+    if (removed) this.addCount(-removed);
   }
 
   clearAll(): void {
@@ -164,7 +222,7 @@ export class SharedBits {
       if (old === 0 && src !== 0) this.markSummary(w);
       bit = (w + 1) * WORD < this.size ? other.nextSet((w + 1) * WORD) : -1;
     }
-    if (added) Atomics.add(this.counter, 0, BigInt(added));
+    if (added) this.addCount(added);
   }
 
   /** Copies `other` (same size) into this one exactly. */
@@ -260,7 +318,7 @@ export class SharedBits {
         if (fresh) added += popcount32(fresh);
         if (old === 0 && word !== 0) this.markSummary(w);
       }
-      if (added) Atomics.add(this.counter, 0, BigInt(added));
+      if (added) this.addCount(added);
       return;
     }
     for (let i = 0; i < bytes.length; i++) {
@@ -353,12 +411,6 @@ export class SharedBits {
   }
 }
 
-/** BigInts for the counter's usual small steps, made once (a BigInt per write is garbage per write). */
-const SMALL_COUNTS = Array.from({ length: 65 }, (_, n) => BigInt(n));
-
-function bigCount(n: number): bigint {
-  return n < SMALL_COUNTS.length ? SMALL_COUNTS[n] : BigInt(n);
-}
 
 function maskFor(word: number, first: number, last: number): number {
   const lo = Math.max(first, word * WORD) - word * WORD;

@@ -1,58 +1,92 @@
 import { describe, expect, it } from 'vitest';
 import { DirtyBitmap } from './dirty-bitmap.js';
-import { CTRL_WORDS, C_CLAIMED, RING } from './mark-protocol.js';
 import { WriteMarker, type MarkHost } from './write-marker.js';
 
-/** A host with no workers: entries stay queued until a settle takes them (or a test plays the worker). */
-function host(): MarkHost & { ctrl: Int32Array } {
-  const markRing = { ctrl: new SharedArrayBuffer(CTRL_WORDS * 4), ranges: new SharedArrayBuffer(RING * 16), sets: new SharedArrayBuffer(RING * 4) };
-  return { markRing, ctrl: new Int32Array(markRing.ctrl), postMarkSet: () => undefined, anyWorkerIdle: () => true };
+/** A host whose spare time the test plays: `submit()` is a request handed to a worker. */
+function host(): MarkHost & { submit(): void } {
+  let hook: (() => void) | undefined;
+  return {
+    onSpareTime: (fn) => {
+      hook = fn;
+    },
+    submit: () => hook?.(),
+  };
+}
+
+/** The level-0 words, read without settling (what is really in memory right now). */
+function rawDirty(b: DirtyBitmap): boolean {
+  return b.bits.words.some((w) => w !== 0);
 }
 
 describe('WriteMarker', () => {
-  it('queues marks and applies them before any read of the bits, with the set each write completed with', () => {
+  it('holds marks back until the next submit, with the set each write completed with', () => {
     const h = host();
     const marker = new WriteMarker(h);
     try {
-      const node = marker.node();
       const a = new DirtyBitmap({ name: 'a', size: 1 << 20, granularity: 4096 });
       const b = new DirtyBitmap({ name: 'b', size: 1 << 20, granularity: 65536 });
-      marker.mark(node, [a, b], 0, 10);
-      marker.mark(node, [a], 200_000, 5000); // b was disabled before this write completed
-      expect(marker.stats.queued).toBe(2);
-      // nothing applied yet (no worker here) — but any look settles first
+      marker.mark([a, b], 0, 10);
+      marker.mark([a], 200_000, 5000); // b was disabled before this write completed
+      expect(marker.stats.deferred).toBe(2);
+      expect(rawDirty(a) || rawDirty(b)).toBe(false);
+      h.submit();
+      expect(rawDirty(a) && rawDirty(b)).toBe(true);
       // granule 0, and 48–50 (bytes 200 000 … 204 999)
-      expect(a.count).toBe(4 * 4096);
+      expect(a.dirtyExtents()).toEqual([
+        { offset: 0, length: 4096 },
+        { offset: 48 * 4096, length: 3 * 4096 },
+      ]);
       expect(b.dirtyExtents()).toEqual([{ offset: 0, length: 65536 }]);
-      // a ring that fills up is settled by the producer itself
-      for (let k = 0; k < RING + 10; k++) marker.mark(node, [a], 512 * 1024, 1);
-      expect(marker.stats.queued).toBe(RING + 12);
-      expect(a.isDirty(512 * 1024)).toBe(true);
-      expect(a.count).toBe(5 * 4096);
     } finally {
       marker.close();
     }
   });
 
-  it('a worker that stalls in the middle of an entry: the settle applies it itself after a bound, then marks inline', () => {
-    const h = host();
-    const marker = new WriteMarker(h);
+  it('any read or clear of bits applies what is held back first', () => {
+    const marker = new WriteMarker(host());
     try {
-      const node = marker.node();
       const a = new DirtyBitmap({ name: 'a', size: 1 << 20, granularity: 4096 });
-      marker.mark(node, [a], 8192, 1);
-      // a "worker" takes the entry and never finishes it
-      Atomics.store(h.ctrl, C_CLAIMED, 1);
-      const t = performance.now();
+      marker.mark([a], 8192, 1);
+      expect(rawDirty(a)).toBe(false);
       expect(a.count).toBe(4096);
-      expect(performance.now() - t).toBeGreaterThanOrEqual(90);
-      marker.mark(node, [a], 16384, 1);
-      expect(marker.stats.inline).toBe(1);
-      const t2 = performance.now();
-      expect(a.count).toBe(2 * 4096);
-      expect(performance.now() - t2).toBeLessThan(50);
+      marker.mark([a], 16384, 1);
+      expect(a.isDirty(16384)).toBe(true);
+      // a clear must not be overtaken by a mark of a write that completed before it
+      marker.mark([a], 32768, 1);
+      a.reset(32768, 4096);
+      expect(a.isDirty(32768)).toBe(false);
+      marker.mark([a], 65536, 1);
+      a.clear();
+      expect(a.count).toBe(0);
+      expect(a.isDirty(65536)).toBe(false);
     } finally {
       marker.close();
     }
+  });
+
+  it('applies held-back marks on the next turn when no request follows, and marks at once beyond a bound', async () => {
+    const marker = new WriteMarker(host());
+    try {
+      const a = new DirtyBitmap({ name: 'a', size: 1 << 30, granularity: 4096 });
+      marker.mark([a], 0, 1);
+      await new Promise((r) => setImmediate(r));
+      expect(rawDirty(a)).toBe(true);
+      for (let k = 0; k < 1000; k++) marker.mark([a], (k + 1) * 4096, 1);
+      expect(marker.stats.inline).toBeGreaterThan(0);
+      expect(marker.stats.deferred + marker.stats.inline).toBe(1001);
+      expect(a.count).toBe(1001 * 4096);
+    } finally {
+      marker.close();
+    }
+  });
+
+  it('after close, marks at once', () => {
+    const marker = new WriteMarker(host());
+    const a = new DirtyBitmap({ name: 'a', size: 1 << 20, granularity: 4096 });
+    marker.mark([a], 0, 1);
+    marker.close();
+    expect(rawDirty(a)).toBe(true);
+    marker.mark([a], 8192, 1);
+    expect(a.bits.words[0]).toBe(0b101);
   });
 });

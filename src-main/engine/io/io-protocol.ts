@@ -24,7 +24,6 @@
  */
 
 import type { MessagePort } from 'node:worker_threads';
-import type { MarkRingBuffers } from '../bitmap/mark-protocol.js';
 
 /** ctrl indices (int32), 64 bytes apart */
 export const CTRL_SUBMITTED = 0;
@@ -88,9 +87,6 @@ export interface ChannelBuffers {
 /** What a worker gets as workerData (the ports travel in the transfer list). */
 export interface WorkerInit extends ChannelBuffers {
   port: MessagePort;
-  /** deferred write marking (bitmap/write-marker.ts): the ring, and where bitmap sets arrive */
-  marks: MarkRingBuffers;
-  markPort: MessagePort;
 }
 
 /** what travels on the port */

@@ -34,7 +34,6 @@ import {
   type WorkerInit,
 } from './io-protocol.js';
 import { contentDigest, type DigestPart } from './content-digest.js';
-import { MarkConsumer } from '../bitmap/mark-consumer.js';
 
 const init = workerData as WorkerInit | undefined;
 if (!init?.ctrl) throw new Error('io-worker must run as an I/O pool worker thread');
@@ -47,7 +46,6 @@ const slab = new Uint8Array(init.slab);
 const slabF64 = new Float64Array(init.slab);
 const arena = new Uint8Array(init.arena);
 const port = init.port;
-const marks = new MarkConsumer(init.marks, init.markPort);
 
 const HASH_CHUNK = 4 << 20;
 let hashBuf: Uint8Array | undefined;
@@ -231,29 +229,21 @@ const pause = (Atomics as unknown as { pause?: () => void }).pause?.bind(Atomics
 let done = 0;
 for (;;) {
   let submitted = Atomics.load(ctrl, CTRL_SUBMITTED);
-  if (submitted === done && marks.pending()) {
-    // no request waiting: spend the time on queued bitmap marks (one at a time, so that a
-    // request arriving meanwhile waits for one mark at most)
-    marks.applyOne();
-    continue;
-  }
   if (submitted === done) {
     const until = performance.now() + SPIN_MS;
-    while (submitted === done && performance.now() < until && !marks.pending()) {
+    while (submitted === done && performance.now() < until) {
       for (let i = 0; i < 32 && submitted === done; i++) {
         pause();
         submitted = Atomics.load(ctrl, CTRL_SUBMITTED);
       }
     }
-    if (submitted === done && marks.pending()) continue;
   }
   if (submitted === done) {
     // announce the sleep, then look once more: a request published in between is not missed
-    // (the main thread notifies only when it takes SLEEPING down from 1; it queues marks only
-    // while some worker is awake, and marks inline otherwise)
+    // (the main thread notifies only when it takes SLEEPING down from 1)
     Atomics.store(ctrl, CTRL_SLEEPING, 1);
     submitted = Atomics.load(ctrl, CTRL_SUBMITTED);
-    if (submitted === done && !marks.pending()) Atomics.wait(ctrl, CTRL_SUBMITTED, done);
+    if (submitted === done) Atomics.wait(ctrl, CTRL_SUBMITTED, done);
     Atomics.store(ctrl, CTRL_SLEEPING, 0);
     continue;
   }

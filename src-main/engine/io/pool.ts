@@ -39,7 +39,6 @@ import { FileError, fileErrorToTidemark } from './file-errors.js';
 import { ArenaAllocator } from './arena.js';
 import { contentDigest, type DigestPart } from './content-digest.js';
 import { ioWorkerPath } from './worker-path.js';
-import { CTRL_WORDS, RING, type MarkRingBuffers, type SetMessage } from '../bitmap/mark-protocol.js';
 import type { MarkHost } from '../bitmap/write-marker.js';
 
 const openAsync = promisify(openCb);
@@ -61,6 +60,11 @@ const READ_SLAB_MAX = 16 << 10;
 const POLL_MS = 0.05;
 /** Requests up to this size are polled for (see Channel.poll). */
 const POLL_MAX_BYTES = 64 << 10;
+
+/** What the main thread does in its spare time (see IoPool.onSpareTime). */
+interface SpareTimeHooks {
+  spare?: () => void;
+}
 
 /**
  * Lent buffers (FileHandle.preadLent) come from one arena all workers share. 64 MiB holds what
@@ -154,10 +158,12 @@ class Channel {
   private pollUntil = 0;
   private dead: IoFailure | undefined;
 
-  /** where bitmap sets for deferred marking go (see bitmap/write-marker.ts) */
-  readonly markPort: MessagePort;
-
-  constructor(script: string, arena: SharedArrayBuffer, marks: MarkRingBuffers, onFatal: (err: unknown) => void) {
+  constructor(
+    script: string,
+    arena: SharedArrayBuffer,
+    private readonly hooks: SpareTimeHooks,
+    onFatal: (err: unknown) => void,
+  ) {
     const ctrl = new SharedArrayBuffer(CTRL_BYTES);
     const slots = new SharedArrayBuffer(SLOTS * SLOT_BYTES);
     const slab = new SharedArrayBuffer(SLAB_BYTES);
@@ -170,11 +176,8 @@ class Channel {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     this.port.unref();
-    const marksChannel = new MessageChannel();
-    this.markPort = marksChannel.port1;
-    this.markPort.unref();
-    const init: WorkerInit = { ctrl, slots, slab, arena, port: port2, marks, markPort: marksChannel.port2 };
-    this.worker = new Worker(script, { workerData: init, transferList: [port2, marksChannel.port2] });
+    const init: WorkerInit = { ctrl, slots, slab, arena, port: port2 };
+    this.worker = new Worker(script, { workerData: init, transferList: [port2] });
     this.worker.on('error', (err) => onFatal(err));
     this.worker.on('exit', (code) => onFatal(new Error(`I/O worker exited (${code})`)));
     // a worker with nothing pending must not keep the process alive
@@ -276,6 +279,7 @@ class Channel {
     // follow in this burst a second (costly) notify while it is still waking up
     if (Atomics.compareExchange(this.ctrl, CTRL_SLEEPING, 1, 0) === 1) Atomics.notify(this.ctrl, CTRL_SUBMITTED);
     this.arm();
+    this.hooks.spare?.();
     if (req.length <= POLL_MAX_BYTES && req.op !== OP_FSYNC) {
       this.pollUntil = performance.now() + POLL_MS;
       if (!this.polling) {
@@ -302,6 +306,8 @@ class Channel {
     if (Atomics.load(this.ctrl, CTRL_COMPLETED) !== this.completed) {
       this.harvest();
       if (this.submitted === this.completed && this.queue.length === 0) this.worker.unref();
+    } else {
+      this.hooks.spare?.();
     }
     if (this.submitted !== this.completed && performance.now() < this.pollUntil) {
       this.polling = true;
@@ -406,12 +412,8 @@ export class IoPool implements FileOpener, MarkHost {
   private readonly channels: Channel[] = [];
   private closed = false;
   private nextHome = 0;
-  /** the ring of deferred guest-write marks the workers apply between requests (bitmap/write-marker.ts) */
-  readonly markRing: MarkRingBuffers = {
-    ctrl: new SharedArrayBuffer(CTRL_WORDS * 4),
-    ranges: new SharedArrayBuffer(RING * 16),
-    sets: new SharedArrayBuffer(RING * 4),
-  };
+  /** what the main thread does in its spare time */
+  private readonly hooks: SpareTimeHooks = {};
 
   /** shared memory for lent buffers (FileHandle.preadLent), and which of it is free */
   readonly arena = new SharedArrayBuffer(ARENA_BYTES);
@@ -421,7 +423,7 @@ export class IoPool implements FileOpener, MarkHost {
     this.size = size;
     const script = ioWorkerPath();
     for (let i = 0; i < size; i++) {
-      const ch: Channel = new Channel(script, this.arena, this.markRing, (err) => {
+      const ch: Channel = new Channel(script, this.arena, this.hooks, (err) => {
         if (!this.closed) ch.fail({ errno: 'EIO', message: String(err) });
       });
       this.channels.push(ch);
@@ -511,20 +513,13 @@ export class IoPool implements FileOpener, MarkHost {
     });
   }
 
-  /** Tells every worker about a bitmap set that marks in the ring will name. */
-  postMarkSet(message: SetMessage): void {
-    for (const ch of this.channels) ch.markPort.postMessage(message);
-  }
-
   /**
-   * Whether a worker is awake with nothing to do (spinning for the next request): it would
-   * apply queued marks right away, in time that is otherwise wasted. A busy worker is not
-   * counted — marks queued behind its requests would only delay them (measured at qd8: the
-   * cost of 8 bitmaps rose from 1.1 to 1.4-1.6 of a write when they were).
+   * Runs `fn` in the main thread's spare time: right after a request has been handed to its
+   * worker, and on each turn that polls for a completion and finds none (one hook; undefined
+   * removes it). Work done then overlaps the requests in flight (bitmap/write-marker.ts).
    */
-  anyWorkerIdle(): boolean {
-    for (const ch of this.channels) if (ch.awake && ch.load === 0) return true;
-    return false;
+  onSpareTime(fn: (() => void) | undefined): void {
+    this.hooks.spare = fn;
   }
 
   /** A lent buffer of `length` bytes (at most LENT_MAX), or undefined when none is free. */
