@@ -21,8 +21,9 @@ const DEFERRED_MAX = 64;
  * time with 8 recording bitmaps / time with none): set at completion 1.20-1.31 (64 KiB granules)
  * and 1.45-1.50 (4 KiB); handed to the idle I/O worker, which then served the next request only
  * after them, 1.13-1.33; deferred this way (with plain stores, SharedBits.setOwned) 1.04-1.10
- * and 1.06-1.12 (five runs). Tried and dropped: marking one bitmap at a time and stopping when a completion
- * is waiting (the misses no longer overlap: worse), batches of 8-32 writes (no better).
+ * and 1.06-1.12 (five runs). Tried and dropped: marking one bitmap at a time and stopping when
+ * a completion is waiting (the misses no longer overlap: worse), batches of 8-32 writes, summary
+ * bits set in batches, the words fetched while the write runs (none better).
  *
  * Nothing can observe the difference: every read or clear of bits first applies the marks held
  * back (SharedBits calls settleMarks(), pending-marks.ts). The set a mark applies to is the
