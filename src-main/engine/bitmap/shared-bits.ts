@@ -411,7 +411,6 @@ export class SharedBits {
   }
 }
 
-
 function maskFor(word: number, first: number, last: number): number {
   const lo = Math.max(first, word * WORD) - word * WORD;
   const hi = Math.min(last, word * WORD + 31) - word * WORD;
