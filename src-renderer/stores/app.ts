@@ -1,5 +1,5 @@
 import { acceptHMRUpdate, defineStore } from 'pinia';
-import { computed, readonly, ref, shallowRef } from 'vue';
+import { computed, readonly, ref, shallowRef, watch } from 'vue';
 import { api, type ConnectionStatus } from '../api';
 import type { AppInfo } from '../../src-shared/api/domain';
 
@@ -50,3 +50,18 @@ export const useAppStore = defineStore('app', () => {
 });
 
 if (import.meta.hot) import.meta.hot.accept(acceptHMRUpdate(useAppStore, import.meta.hot));
+
+/**
+ * Runs `resync` now when connected, and again after every reconnection: anything a store holds
+ * may have changed while the connection was down.
+ */
+export function resyncOnConnect(resync: () => void): void {
+  const app = useAppStore();
+  watch(
+    () => app.connectedGeneration,
+    (generation) => {
+      if (generation > 0) resync();
+    },
+    { immediate: true },
+  );
+}

@@ -1,9 +1,9 @@
 import { acceptHMRUpdate, defineStore } from 'pinia';
-import { computed, readonly, ref, shallowRef, watch } from 'vue';
+import { computed, readonly, ref, shallowRef } from 'vue';
 import { api } from '../api';
 import type { RequestInput, RequestOutput } from '../../src-shared/api/contract';
 import type { BackupSettings, ChainSummary, VerifyReport } from '../../src-shared/api/domain';
-import { useAppStore } from './app';
+import { resyncOnConnect } from './app';
 import { useDrivesStore } from './drives';
 
 const EMPTY: readonly ChainSummary[] = Object.freeze([]);
@@ -18,7 +18,6 @@ function byCreation(a: ChainSummary, b: ChainSummary): number {
  * burst of changes costs at most one request in flight plus one after it).
  */
 export const useBackupsStore = defineStore('backups', () => {
-  const app = useAppStore();
   const drives = useDrivesStore();
 
   const chains = shallowRef<ReadonlyMap<string, readonly ChainSummary[]>>(new Map());
@@ -174,16 +173,10 @@ export const useBackupsStore = defineStore('backups', () => {
     return imported;
   }
 
-  watch(
-    () => app.connectedGeneration,
-    (generation) => {
-      if (generation > 0) {
-        load().catch(() => {});
-        if (settings.value.size) loadAllSettings().catch(() => {});
-      }
-    },
-    { immediate: true },
-  );
+  resyncOnConnect(() => {
+    load().catch(() => {});
+    if (settings.value.size) loadAllSettings().catch(() => {});
+  });
 
   return {
     chains: computed(() => chains.value),

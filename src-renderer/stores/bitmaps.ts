@@ -3,7 +3,7 @@ import { computed, readonly, ref, shallowRef, watch } from 'vue';
 import { api } from '../api';
 import type { RequestInput } from '../../src-shared/api/contract';
 import type { BitmapSummary } from '../../src-shared/api/domain';
-import { useAppStore } from './app';
+import { resyncOnConnect } from './app';
 import { useDrivesStore } from './drives';
 
 type ByDrive = ReadonlyMap<string, readonly BitmapSummary[]>;
@@ -21,7 +21,6 @@ function sorted(list: readonly BitmapSummary[]): BitmapSummary[] {
  * burst of events costs one map copy each.
  */
 export const useBitmapsStore = defineStore('bitmaps', () => {
-  const app = useAppStore();
   const drives = useDrivesStore();
   const byDrive = shallowRef<ByDrive>(new Map());
   const loaded = ref(false);
@@ -166,14 +165,7 @@ export const useBitmapsStore = defineStore('bitmaps', () => {
     return b;
   }
 
-  // anything may have changed while we were away
-  watch(
-    () => app.connectedGeneration,
-    (generation) => {
-      if (generation > 0) load().catch(() => {});
-    },
-    { immediate: true },
-  );
+  resyncOnConnect(() => void load().catch(() => {}));
 
   // a drive that comes or goes takes its bitmaps with it
   watch(

@@ -1,9 +1,9 @@
 import { acceptHMRUpdate, defineStore } from 'pinia';
-import { computed, readonly, ref, shallowRef, watch } from 'vue';
+import { computed, readonly, ref, shallowRef } from 'vue';
 import { api } from '../api';
 import type { RequestInput } from '../../src-shared/api/contract';
 import type { DriveInfo } from '../../src-shared/api/domain';
-import { useAppStore } from './app';
+import { resyncOnConnect } from './app';
 
 /**
  * The drive list as the main process has it: loaded with `drives.list`, replaced by every
@@ -68,15 +68,7 @@ export const useDrivesStore = defineStore('drives', () => {
     replace(drives.value.filter((d) => d.id !== id));
   }
 
-  // anything may have changed while we were away
-  const app = useAppStore();
-  watch(
-    () => app.connectedGeneration,
-    (generation) => {
-      if (generation > 0) load().catch(() => {});
-    },
-    { immediate: true },
-  );
+  resyncOnConnect(() => void load().catch(() => {}));
 
   return {
     drives: readonly(drives),

@@ -1,8 +1,8 @@
 import { acceptHMRUpdate, defineStore } from 'pinia';
-import { computed, readonly, ref, shallowRef, watch } from 'vue';
+import { computed, readonly, ref, shallowRef } from 'vue';
 import { api } from '../api';
 import type { Group } from '../../src-shared/api/domain';
-import { useAppStore } from './app';
+import { resyncOnConnect } from './app';
 
 /**
  * Machine groups (the drives of one VM, backed up together at one point in time). There is no
@@ -49,14 +49,7 @@ export const useGroupsStore = defineStore('groups', () => {
     replace(groups.value.filter((g) => g.name !== name));
   }
 
-  const app = useAppStore();
-  watch(
-    () => app.connectedGeneration,
-    (generation) => {
-      if (generation > 0) load().catch(() => {});
-    },
-    { immediate: true },
-  );
+  resyncOnConnect(() => void load().catch(() => {}));
 
   return {
     groups: computed(() => groups.value),

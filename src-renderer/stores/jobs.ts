@@ -1,10 +1,10 @@
 import { acceptHMRUpdate, defineStore } from 'pinia';
-import { computed, readonly, ref, shallowRef, watch } from 'vue';
+import { computed, readonly, ref, shallowRef } from 'vue';
 import { api } from '../api';
 import type { EventPayload } from '../../src-shared/api/contract';
 import type { JobHistory, JobSummary } from '../../src-shared/api/domain';
 import { formatDuration, formatSize, jobTitle } from '../format';
-import { useAppStore } from './app';
+import { resyncOnConnect } from './app';
 import { useNotificationsStore } from './notifications';
 import { useToastsStore } from './toasts';
 
@@ -30,7 +30,6 @@ function byStart(a: JobSummary, b: JobSummary): number {
  * fresh, frozen array, so only that job's card and chart see a change.
  */
 export const useJobsStore = defineStore('jobs', () => {
-  const app = useAppStore();
   const toasts = useToastsStore();
   const notifications = useNotificationsStore();
 
@@ -196,16 +195,10 @@ export const useJobsStore = defineStore('jobs', () => {
     return samples.value.get(id) ?? [];
   }
 
-  watch(
-    () => app.connectedGeneration,
-    (generation) => {
-      if (generation > 0) {
-        loadRunning().catch(() => {});
-        reloadHistory().catch(() => {});
-      }
-    },
-    { immediate: true },
-  );
+  resyncOnConnect(() => {
+    loadRunning().catch(() => {});
+    reloadHistory().catch(() => {});
+  });
 
   return {
     running: computed(() => running.value),
