@@ -23,7 +23,8 @@ const DEFERRED_MAX = 64;
  * after them, 1.13-1.33; deferred this way (with plain stores, SharedBits.setOwned) 1.04-1.10
  * and 1.06-1.12 (five runs). Tried and dropped: marking one bitmap at a time and stopping when
  * a completion is waiting (the misses no longer overlap: worse), batches of 8-32 writes, summary
- * bits set in batches, the words fetched while the write runs (none better).
+ * bits set in batches, the words fetched while the write runs, or fetched by the idle I/O worker
+ * from hints (none better; the last worse: 1.07-1.10).
  *
  * Nothing can observe the difference: every read or clear of bits first applies the marks held
  * back (SharedBits calls settleMarks(), pending-marks.ts). The set a mark applies to is the
