@@ -82,6 +82,30 @@ test('the submit button is disabled while the request is in flight', async ({ pa
   await expect(page.getByTestId('drive-size-slow')).toHaveText('1 MiB');
 });
 
+test('a list that fails to load says why, and Try again loads it', async ({ page }) => {
+  // the first drives.list is answered with an error before it reaches the console
+  let failed = false;
+  await page.routeWebSocket(/\/api$/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((message) => {
+      const request = JSON.parse(String(message)) as { id: number; method: string };
+      if (request.method === 'drives.list' && !failed) {
+        failed = true;
+        ws.send(JSON.stringify({ type: 'response', id: request.id, ok: false, error: { code: 'IO_ERROR', message: 'The catalog could not be read.' } }));
+        return;
+      }
+      server.send(message);
+    });
+  });
+  await page.goto(tm.url);
+  const notice = page.getByRole('alert').filter({ hasText: 'Could not load the drive list.' });
+  await expect(notice).toContainText('The catalog could not be read.');
+  await expect(page.getByTestId('drives-empty')).toBeHidden();
+  await notice.getByRole('button', { name: 'Try again' }).click();
+  await expect(notice).toBeHidden();
+  await expect(page.getByTestId('drives-empty')).toBeVisible();
+});
+
 test('drives survive a restart of the console', async ({ page }) => {
   await openConsole(page, tm);
   const path = tm.imagePath('beta.qcow2');
