@@ -17,6 +17,7 @@ import { TidemarkError } from '../../src-shared/errors.js';
 import { NbdServer } from '../engine/protocols/nbd/server.js';
 import { runTransaction, type TransactionAction } from '../engine/jobs/transaction.js';
 import type { RequestParams } from '../../src-shared/api/contract.js';
+import { APP_VERSION } from './version.js';
 
 type AppAction = RequestParams<'jobs.transaction'>['actions'][number];
 
@@ -43,7 +44,6 @@ function toEngineAction(a: AppAction): TransactionAction {
       return { type: `block-dirty-${a.type}` as 'block-dirty-bitmap-clear', node: a.driveId, name: a.name };
   }
 }
-import { APP_VERSION } from './version.js';
 
 export interface AppOptions {
   dataDir: string;

@@ -40,6 +40,14 @@ export function contentDigest(offset: number, parts: readonly DigestPart[]): str
     if (spanBytes) run!.update(spanBytes.subarray(spanFrom, spanTo));
     spanBytes = undefined;
   };
+  /** The run the block at `at` belongs to: the current one, or one starting there. */
+  const runAt = (at: number): Hash => {
+    if (!run) {
+      run = createHash('sha256');
+      runStart = at;
+    }
+    return run;
+  };
   const endRun = (at: number) => {
     if (!run) return;
     flushSpan();
@@ -98,26 +106,20 @@ export function contentDigest(offset: number, parts: readonly DigestPart[]): str
         filled += n;
         inPart += n;
       }
-      zero = Buffer.compare(scratch.subarray(0, len), ZERO_BLOCK.subarray(0, len)) === 0;
-      if (!zero) {
-        if (!run) {
-          run = createHash('sha256');
-          runStart = pos;
-        }
+      if (Buffer.compare(scratch.subarray(0, len), ZERO_BLOCK.subarray(0, len)) === 0) {
+        endRun(pos);
+      } else {
+        const r = runAt(pos);
         flushSpan();
-        run.update(scratch.subarray(0, len));
+        r.update(scratch.subarray(0, len));
       }
-      if (zero) endRun(pos);
       pos = blockEnd;
       continue;
     }
     if (zero) {
       endRun(pos);
     } else {
-      if (!run) {
-        run = createHash('sha256');
-        runStart = pos;
-      }
+      runAt(pos);
       if (spanBytes === view && spanTo === viewAt) {
         spanTo += len;
       } else {

@@ -184,11 +184,6 @@ class Channel {
     this.worker.unref();
   }
 
-  /** whether the worker is up (serving, or looking for work) rather than asleep */
-  get awake(): boolean {
-    return !this.dead && Atomics.load(this.ctrl, CTRL_SLEEPING) === 0;
-  }
-
   /** requests in flight or waiting here */
   get load(): number {
     return ((this.submitted - this.completed) | 0) + this.queue.length;
