@@ -50,7 +50,8 @@ export function recordingChanged(): void {
 
 /**
  * A dirty bitmap over a disk of `size` bytes: one bit per `granularity` bytes, in shared memory
- * (SharedBits says which threads may set bits when). Flags follow QEMU's BdrvDirtyBitmap: disabled (not recording),
+ * interleaved with the other bitmaps of its size (SharedBits.grouped), so a write marks them all
+ * in one cache line. Flags follow QEMU's BdrvDirtyBitmap: disabled (not recording),
  * busy (in use by a job or export), persistent (stored in the qcow2 image), inconsistent (found
  * in use after a crash: only removable), readonly (from a read-only image), and an optional
  * anonymous successor that takes the writes while a backup uses this bitmap.
@@ -69,13 +70,13 @@ export class DirtyBitmap {
   /** raw drives: kept in a sidecar file in the data dir (Tidemark's extension; opt-in) */
   sidecar = false;
 
-  constructor(options: { name?: string; size: number; granularity: number; disabled?: boolean; persistent?: boolean; buffer?: SharedArrayBuffer }) {
+  constructor(options: { name?: string; size: number; granularity: number; disabled?: boolean; persistent?: boolean }) {
     this.name = options.name;
     this.size = options.size;
     this.granularity = options.granularity;
     this.isDisabled = options.disabled ?? false;
     this.persistent = options.persistent ?? false;
-    this.bits = new SharedBits(Math.ceil(options.size / options.granularity), options.buffer);
+    this.bits = SharedBits.grouped(Math.ceil(options.size / options.granularity));
   }
 
   /** Not recording guest writes. */

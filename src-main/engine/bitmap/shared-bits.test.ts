@@ -3,7 +3,10 @@ import fc from 'fast-check';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { SharedBits } from './shared-bits.js';
+import { groupShapes } from './bits-group.js';
 
 /** A plain boolean array as the reference. */
 class Naive {
@@ -129,7 +132,7 @@ describe('SharedBits', () => {
     let runBits = 0;
     for (const [, len] of s.runs()) runBits += len;
     for (let w = 0; w < bits / 32; w++) {
-      let v = s.words[w];
+      let v = s.peekWord(w);
       while (v) {
         v &= v - 1;
         naive++;
@@ -139,5 +142,71 @@ describe('SharedBits', () => {
     // the summary levels saw every word the workers touched
     expect(runBits).toBe(naive);
     expect(naive).toBeGreaterThan(0);
+  });
+
+  it('keeps grouped bits apart while their group grows past 16 members, each exact', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 3000 }),
+        fc.array(fc.tuple(fc.nat({ max: 19 }), fc.boolean(), fc.nat(), fc.nat({ max: 200 })), { maxLength: 120 }),
+        (n, ops) => {
+          // members join one by one between operations, so groups grow (and copy) mid-sequence
+          const members: { bits: SharedBits; ref: Naive }[] = [];
+          for (const [who, set, a, len] of ops) {
+            while (members.length <= who) members.push({ bits: SharedBits.grouped(n), ref: new Naive(n) });
+            const { bits, ref } = members[who];
+            const first = a % n;
+            const last = Math.min(n - 1, first + len);
+            if (set) {
+              bits.setRange(first, last);
+              ref.set(first, last);
+            } else {
+              bits.clearRange(first, last);
+              ref.clear(first, last);
+            }
+          }
+          for (const { bits, ref } of members) {
+            expect([...bits.runs()]).toEqual(ref.runs());
+            expect(bits.count()).toBe(ref.bits.filter(Boolean).length);
+          }
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('interleaves grouped bits of one size, doubling up to 16 per group', () => {
+    const bits = 123_457; // a size no other test uses
+    const totalWords = new SharedBits(bits).layout.levelOffsets.at(-1)! + new SharedBits(bits).layout.levelWords.at(-1)!;
+    const members = Array.from({ length: 17 }, () => SharedBits.grouped(bits));
+    expect(groupShapes(totalWords)).toEqual([16, 1]);
+    members[3].setRange(64, 64);
+    expect(members[3].peekWord(2)).toBe(1);
+    expect(members.filter((m) => m.nextSet(0) >= 0)).toEqual([members[3]]);
+  });
+
+  it('reuses the slot of collected bits only after zeroing it', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const bits = 98_765; // a size no other test uses
+    const layout = new SharedBits(bits).layout;
+    const totalWords = layout.levelOffsets.at(-1)! + layout.levelWords.at(-1)!;
+    const keep = SharedBits.grouped(bits);
+    keep.setRange(0, 10);
+    (() => {
+      const gone = SharedBits.grouped(bits);
+      gone.setRange(0, bits - 1);
+    })();
+    expect(groupShapes(totalWords)).toEqual([2]);
+    for (let i = 0; i < 5; i++) {
+      gc();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    // the collected member's slot is taken again (the group does not grow) and reads empty
+    const fresh = SharedBits.grouped(bits);
+    expect(groupShapes(totalWords)).toEqual([2]);
+    expect(fresh.nextSet(0)).toBe(-1);
+    expect(fresh.peekWord(5)).toBe(0);
+    expect([...keep.runs()]).toEqual([[0, 11]]);
   });
 });

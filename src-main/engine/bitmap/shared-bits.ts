@@ -16,6 +16,7 @@
  * shows.
  */
 import { isMainThread } from 'node:worker_threads';
+import { joinGroup, type GroupMember } from './bits-group.js';
 import { settleMarks } from './pending-marks.js';
 
 export interface SharedBitsLayout {
@@ -30,6 +31,8 @@ const WORD = 32;
 /** bytes before the words: the other threads' counter (BigInt64), then the main thread's (float64) */
 const HEADER = 16;
 const ON_MAIN_THREAD = isMainThread;
+/** SharedBits.grouped's request to the constructor */
+const GROUPED = Symbol('grouped');
 
 export function layoutFor(bits: number): SharedBitsLayout {
   const levelWords: number[] = [];
@@ -58,30 +61,81 @@ function ctz32(x: number): number {
   return 31 - Math.clz32(x & -x);
 }
 
-export class SharedBits {
+export class SharedBits implements GroupMember {
   readonly layout: SharedBitsLayout;
-  /** all levels, one after another */
-  readonly words: Int32Array;
+  /** all levels, one after another — interleaved with other members' when grouped (ix) */
+  private words: Int32Array;
+  /** members of this one's group (1 when alone) and its slot: word i is words[i × stride + slot] */
+  private stride = 1;
+  private slot = 0;
+  /** its group (bits-group.ts), when grouped: an identity for setOwnedInGroup's callers */
+  readonly group: object | undefined;
   /** bits set at level 0 by threads other than the main thread (Atomics only) */
   private readonly counter: BigInt64Array;
   /** bits set at level 0 minus bits cleared, by the main thread (written by it alone) */
   private readonly mainCount: Float64Array;
-  readonly buffer: SharedArrayBuffer;
+  /** counts and words, for views on other threads (not for grouped bits, which can move) */
+  readonly buffer: SharedArrayBuffer | undefined;
   /** where level 1 starts in `words` (level 0 itself for a one-word bitmap) */
   private readonly summaryAt: number;
 
+  /**
+   * Bits whose words are interleaved with other grouped bits of the same size (bits-group.ts),
+   * so that marking the same offset in several of them touches one cache line. For the main
+   * thread only: the words move when the group grows.
+   */
+  static grouped(bits: number): SharedBits {
+    return new SharedBits(bits, GROUPED);
+  }
+
   /** A new, all-clear bit array; or a view over `buffer` made by another thread's SharedBits. */
-  constructor(bits: number, buffer?: SharedArrayBuffer) {
+  constructor(bits: number, buffer?: SharedArrayBuffer | typeof GROUPED) {
     if (!Number.isSafeInteger(bits) || bits < 0) throw new RangeError(`invalid bit count ${bits}`);
     this.layout = layoutFor(bits);
     const totalWords = this.layout.levelOffsets.at(-1)! + this.layout.levelWords.at(-1)!;
+    this.summaryAt = this.layout.levelOffsets[1] ?? 0;
+    if (buffer === GROUPED) {
+      const counts = new SharedArrayBuffer(HEADER);
+      this.counter = new BigInt64Array(counts, 0, 1);
+      this.mainCount = new Float64Array(counts, 8, 1);
+      ({ group: this.group, words: this.words, stride: this.stride, slot: this.slot } = joinGroup(totalWords, this));
+      return;
+    }
     const bytes = HEADER + totalWords * 4;
     this.buffer = buffer ?? new SharedArrayBuffer(bytes);
     if (this.buffer.byteLength !== bytes) throw new RangeError('shared buffer does not match the bit count');
     this.counter = new BigInt64Array(this.buffer, 0, 1);
     this.mainCount = new Float64Array(this.buffer, 8, 1);
     this.words = new Int32Array(this.buffer, HEADER, totalWords);
-    this.summaryAt = this.layout.levelOffsets[1] ?? 0;
+  }
+
+  /** Where word `i` (of any level) is in `words`. */
+  private ix(i: number): number {
+    return i * this.stride + this.slot;
+  }
+
+  /** Level-0 word `w` as it is in memory now, without applying held-back marks (tests). */
+  peekWord(w: number): number {
+    return Atomics.load(this.words, this.ix(w));
+  }
+
+  /** Copies every non-zero word to `words` at (index × stride + slot) and moves there (BitsGroup.grow). */
+  moveTo(words: Int32Array, stride: number, slot: number): void {
+    settleMarks();
+    const { levelOffsets, levelWords } = this.layout;
+    const copy = (i: number): void => {
+      words[i * stride + slot] = this.words[this.ix(i)];
+    };
+    // level 0 through the summary, so a sparse bitmap copies in proportion to its dirty words
+    for (let bit = this.findSet(0, 0); bit >= 0; ) {
+      const w = bit >>> 5;
+      copy(w);
+      bit = w + 1 < levelWords[0] ? this.findSet(0, (w + 1) * WORD) : -1;
+    }
+    for (let i = levelOffsets[1] ?? levelWords[0]; i < levelOffsets.at(-1)! + levelWords.at(-1)!; i++) copy(i);
+    this.words = words;
+    this.stride = stride;
+    this.slot = slot;
   }
 
   get size(): number {
@@ -102,7 +156,7 @@ export class SharedBits {
 
   get(bit: number): boolean {
     settleMarks();
-    return (Atomics.load(this.words, bit >>> 5) & (1 << (bit & 31))) !== 0;
+    return (Atomics.load(this.words, this.ix(bit >>> 5)) & (1 << (bit & 31))) !== 0;
   }
 
   /**
@@ -111,7 +165,7 @@ export class SharedBits {
    * misses, which the sets that follow would otherwise take one by one (each waits on its load).
    */
   touch(bit: number): number {
-    return this.words[bit >>> 5] | this.words[this.summaryAt + (bit >>> 10)];
+    return this.words[this.ix(bit >>> 5)] | this.words[this.ix(this.summaryAt + (bit >>> 10))];
   }
 
   /** Sets bits [first, last] (inclusive). */
@@ -133,11 +187,12 @@ export class SharedBits {
     if (last < 2 ** 32 && first >>> 5 === last >>> 5) {
       // the write path's common case (a write within one word of granules), kept lean
       const w = first >>> 5;
+      const at = w * this.stride + this.slot;
       const width = last - first + 1;
       const mask = width === 32 ? -1 : ((1 << width) - 1) << (first & 31);
-      const old = words[w];
+      const old = words[at];
       if ((old & mask) === mask) return;
-      words[w] = old | mask;
+      words[at] = old | mask;
       this.mainCount[0] += popcount32(mask & ~old);
       if (old === 0) this.summarizeOwned(w);
       return;
@@ -145,14 +200,43 @@ export class SharedBits {
     let added = 0;
     for (let w = Math.floor(first / WORD), end = Math.floor(last / WORD); w <= end; w++) {
       const mask = maskFor(w, first, last);
-      const old = words[w];
+      const at = this.ix(w);
+      const old = words[at];
       // the common case for hot regions: already dirty, nothing to write
       if ((old & mask) === mask) continue;
-      words[w] = old | mask;
+      words[at] = old | mask;
       added += popcount32(mask & ~old);
       if (old === 0) this.summarizeOwned(w);
     }
     this.mainCount[0] += added;
+  }
+
+  /**
+   * setRange(first, last) in each of `members` — grouped bits of one group, so one row of words
+   * holds all of theirs — on the main thread. A write's marks in a node's bitmaps of one
+   * granularity: the row is located once, and each member costs a load and a store in it.
+   */
+  static setOwnedInGroup(members: readonly SharedBits[], first: number, last: number): void {
+    const lead = members[0];
+    if (!ON_MAIN_THREAD || last < first || last >= 2 ** 32 || first >>> 5 !== last >>> 5) {
+      for (const m of members) m.setRange(first, last);
+      return;
+    }
+    lead.check(first, last);
+    const { words, stride } = lead;
+    const w = first >>> 5;
+    const row = w * stride;
+    const width = last - first + 1;
+    const mask = width === 32 ? -1 : ((1 << width) - 1) << (first & 31);
+    for (let k = 0; k < members.length; k++) {
+      const m = members[k];
+      const at = row + m.slot;
+      const old = words[at];
+      if ((old & mask) === mask) continue;
+      words[at] = old | mask;
+      m.mainCount[0] += popcount32(mask & ~old);
+      if (old === 0) m.summarizeOwned(w);
+    }
   }
 
   /** markSummary with plain loads and stores (the main thread's sets). */
@@ -162,7 +246,7 @@ export class SharedBits {
     let w = word;
     for (let level = 1; level < levelOffsets.length; level++) {
       const bit = 1 << (w & 31);
-      const at = levelOffsets[level] + (w >>> 5);
+      const at = this.ix(levelOffsets[level] + (w >>> 5));
       const old = words[at];
       if (old & bit) return;
       words[at] = old | bit;
@@ -176,8 +260,8 @@ export class SharedBits {
     let added = 0;
     for (let w = Math.floor(first / WORD), end = Math.floor(last / WORD); w <= end; w++) {
       const mask = maskFor(w, first, last);
-      if ((Atomics.load(this.words, w) & mask) === mask) continue;
-      const old = Atomics.or(this.words, w, mask);
+      if ((Atomics.load(this.words, this.ix(w)) & mask) === mask) continue;
+      const old = Atomics.or(this.words, this.ix(w), mask);
       const fresh = mask & ~old;
       if (fresh !== 0) added += popcount32(fresh);
       if (old === 0) this.markSummary(w);
@@ -193,7 +277,7 @@ export class SharedBits {
     let removed = 0;
     for (let w = Math.floor(first / WORD); w <= Math.floor(last / WORD); w++) {
       const mask = maskFor(w, first, last);
-      const old = Atomics.and(this.words, w, ~mask);
+      const old = Atomics.and(this.words, this.ix(w), ~mask);
       const gone = old & mask;
       if (gone !== 0) {
         removed += popcount32(gone);
@@ -215,8 +299,8 @@ export class SharedBits {
     let added = 0;
     for (let bit = other.nextSet(0); bit >= 0; ) {
       const w = bit >>> 5;
-      const src = Atomics.load(other.words, w);
-      const old = Atomics.or(this.words, w, src);
+      const src = Atomics.load(other.words, other.ix(w));
+      const old = Atomics.or(this.words, this.ix(w), src);
       const fresh = src & ~old;
       if (fresh) added += popcount32(fresh);
       if (old === 0 && src !== 0) this.markSummary(w);
@@ -245,7 +329,7 @@ export class SharedBits {
     const { levelOffsets } = this.layout;
     for (let bit = Math.max(0, from); bit < this.size; ) {
       const w = bit >>> 5;
-      const inv = ~Atomics.load(this.words, levelOffsets[0] + w) & (-1 << (bit & 31));
+      const inv = ~Atomics.load(this.words, this.ix(levelOffsets[0] + w)) & (-1 << (bit & 31));
       if (inv !== 0) {
         const found = w * WORD + ctz32(inv);
         return found < this.size ? found : -1;
@@ -282,7 +366,7 @@ export class SharedBits {
       for (let bit = this.nextSet(firstBit); bit >= 0 && bit < firstBit + bitCount; ) {
         const w = bit >>> 5;
         const rel = w * WORD - firstBit;
-        const word = Atomics.load(this.words, w);
+        const word = Atomics.load(this.words, this.ix(w));
         const byteAt = rel >>> 3;
         if (byteAt + 4 <= out.length) view.setInt32(byteAt, word, true);
         else for (let k = 0; byteAt + k < out.length; k++) out[byteAt + k] = (word >>> (8 * k)) & 0xff;
@@ -313,7 +397,7 @@ export class SharedBits {
         const over = bit + WORD - this.size;
         if (over > 0) word &= over >= WORD ? 0 : -1 >>> over;
         const w = bit >>> 5;
-        const old = Atomics.or(this.words, w, word);
+        const old = Atomics.or(this.words, this.ix(w), word);
         const fresh = word & ~old;
         if (fresh) added += popcount32(fresh);
         if (old === 0 && word !== 0) this.markSummary(w);
@@ -340,7 +424,7 @@ export class SharedBits {
     while (true) {
       const w = bit >>> 5;
       if (w >= levelWords[level]) return -1;
-      const word = Atomics.load(this.words, levelOffsets[level] + w) & (-1 << (bit & 31));
+      const word = Atomics.load(this.words, this.ix(levelOffsets[level] + w)) & (-1 << (bit & 31));
       if (word !== 0) {
         const found = w * WORD + ctz32(word);
         if (level === 0) return found;
@@ -369,7 +453,7 @@ export class SharedBits {
     while (true) {
       const w = bit >>> 5;
       if (w >= levelWords[level]) return -1;
-      const word = Atomics.load(this.words, levelOffsets[level] + w) & (-1 << (bit & 31));
+      const word = Atomics.load(this.words, this.ix(levelOffsets[level] + w)) & (-1 << (bit & 31));
       if (word !== 0) return w * WORD + ctz32(word);
       if (level + 1 < levelOffsets.length) {
         const next = this.findSetWordAbove(level + 1, w + 1);
@@ -384,7 +468,7 @@ export class SharedBits {
     let w = word;
     for (let level = 1; level < levelOffsets.length; level++) {
       const bit = 1 << (w & 31);
-      const at = levelOffsets[level] + (w >>> 5);
+      const at = this.ix(levelOffsets[level] + (w >>> 5));
       // a plain load first: the bit is usually set already, and a locked or costs more
       if (Atomics.load(this.words, at) & bit) return;
       const old = Atomics.or(this.words, at, bit);
@@ -397,10 +481,11 @@ export class SharedBits {
     const { levelOffsets } = this.layout;
     if (level + 1 >= levelOffsets.length) return;
     const idx = word >>> 5;
-    const old = Atomics.and(this.words, levelOffsets[level + 1] + idx, ~(1 << (word & 31)));
+    const above = this.ix(levelOffsets[level + 1] + idx);
+    const old = Atomics.and(this.words, above, ~(1 << (word & 31)));
     // a set raced us after we saw the word empty: put the summary bit back
-    if (Atomics.load(this.words, levelOffsets[level] + word) !== 0) {
-      Atomics.or(this.words, levelOffsets[level + 1] + idx, 1 << (word & 31));
+    if (Atomics.load(this.words, this.ix(levelOffsets[level] + word)) !== 0) {
+      Atomics.or(this.words, above, 1 << (word & 31));
       return;
     }
     if ((old & ~(1 << (word & 31))) === 0) this.clearSummary(level + 1, idx);

@@ -16,15 +16,18 @@ const DEFERRED_MAX = 64;
  * bits there and then: they are set right after the next request has been handed to an I/O
  * worker — while the worker performs it, in time the main thread would otherwise spend waiting
  * — or on the next turn of the event loop if no request follows. Marking is a cache miss or two
- * per bitmap, anywhere in up to 64 MiB of bits; set at completion it delays the next request by
- * all of it. Measured on the 2-core VM (`npm run bench`, 4 KiB random writes at qd1 over 2 TiB,
- * time with 8 recording bitmaps / time with none): set at completion 1.20-1.31 (64 KiB granules)
- * and 1.45-1.50 (4 KiB); handed to the idle I/O worker, which then served the next request only
- * after them, 1.13-1.33; deferred this way (with plain stores, SharedBits.setOwned) 1.04-1.10
- * and 1.06-1.12 (five runs). Tried and dropped: marking one bitmap at a time and stopping when
- * a completion is waiting (the misses no longer overlap: worse), batches of 8-32 writes, summary
- * bits set in batches, the words fetched while the write runs, or fetched by the idle I/O worker
- * from hints (none better; the last worse: 1.07-1.10).
+ * per row of bits, anywhere in up to 64 MiB per bitmap; set at completion it delays the next
+ * request by all of it. Measured on the 2-core VM (`npm run bench`, 4 KiB random writes at qd1
+ * over 2 TiB, time with 8 recording bitmaps / time with none): set at completion 1.20-1.31
+ * (64 KiB granules) and 1.45-1.50 (4 KiB); handed to the idle I/O worker, which then served the
+ * next request only after them, 1.13-1.33; deferred this way (with plain stores,
+ * SharedBits.setOwned) 1.04-1.10 and 1.06-1.12; with the bitmaps' words interleaved
+ * (bits-group.ts), one pass per group (mark-bitmaps.ts) and the held marks in fixed arrays,
+ * 1.05-1.06 and 1.03-1.08 (three runs). Tried and dropped: marking one bitmap at a time and
+ * stopping when a completion is waiting (the misses no longer overlap: worse), batches of 8-32
+ * writes, summary bits set in batches, the words fetched while the write runs, or fetched by the
+ * idle I/O worker from hints (none better; the last worse: 1.07-1.10); rows aligned to cache
+ * lines (no difference measured).
  *
  * Nothing can observe the difference: every read or clear of bits first applies the marks held
  * back (SharedBits calls settleMarks(), pending-marks.ts). The set a mark applies to is the
@@ -32,10 +35,15 @@ const DEFERRED_MAX = 64;
  * or added afterwards does not change it.
  */
 export class WriteMarker {
-  /** per held-back mark: the recording bitmaps at completion (an array never changed later) … */
-  private readonly sets: (readonly DirtyBitmap[])[] = [];
-  /** … and its range, as offset, length pairs */
-  private readonly ranges: number[] = [];
+  /**
+   * The marks held back, in fixed arrays (emptying a JS array with length = 0 drops its storage,
+   * and every write would allocate it again): per mark, the recording bitmaps at completion (an
+   * array never changed later) and its range
+   */
+  private readonly sets = new Array<readonly DirtyBitmap[] | undefined>(DEFERRED_MAX).fill(undefined);
+  private readonly offsets = new Float64Array(DEFERRED_MAX);
+  private readonly lengths = new Float64Array(DEFERRED_MAX);
+  private held = 0;
   private turnScheduled = false;
   private closed = false;
   private readonly removeSettler: () => void;
@@ -53,14 +61,16 @@ export class WriteMarker {
    * never changes the array afterwards) — soon, or now when many are held back already.
    */
   mark(bitmaps: readonly DirtyBitmap[], offset: number, length: number): void {
-    if (this.closed || this.sets.length >= DEFERRED_MAX) {
+    if (this.closed || this.held >= DEFERRED_MAX) {
       this.stats.inline++;
       markBitmaps(bitmaps, offset, length);
       return;
     }
     this.stats.deferred++;
-    this.sets.push(bitmaps);
-    this.ranges.push(offset, length);
+    const k = this.held++;
+    this.sets[k] = bitmaps;
+    this.offsets[k] = offset;
+    this.lengths[k] = length;
     if (!this.turnScheduled) {
       this.turnScheduled = true;
       setImmediate(this.onTurn);
@@ -69,12 +79,16 @@ export class WriteMarker {
 
   /** Applies every mark held back. With none, one comparison. */
   readonly settle = (): void => {
+    const n = this.held;
+    if (n === 0) return;
+    // taken down first: marking never calls back here, but a throw must not replay marks
+    this.held = 0;
     const sets = this.sets;
-    if (sets.length === 0) return;
-    const ranges = this.ranges;
-    for (let k = 0; k < sets.length; k++) markBitmaps(sets[k], ranges[2 * k], ranges[2 * k + 1]);
-    sets.length = 0;
-    ranges.length = 0;
+    for (let k = 0; k < n; k++) {
+      const bitmaps = sets[k]!;
+      sets[k] = undefined;
+      markBitmaps(bitmaps, this.offsets[k], this.lengths[k]);
+    }
   };
 
   /** Applies what is held back and marks at once from now on (before the I/O pool goes). */
