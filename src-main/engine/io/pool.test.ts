@@ -7,6 +7,7 @@ import { FileError } from './file-errors.js';
 import type { FileHandle } from './file-handle.js';
 import { contentDigest } from './content-digest.js';
 import { IoPool } from './pool.js';
+import { CTRL_SLEEPING } from './io-protocol.js';
 
 /** Deterministic bytes (so a mismatch shows where). */
 function bytes(length: number, seed: number): Uint8Array {
@@ -247,5 +248,46 @@ describe('IoPool', () => {
     const outcomes = await Promise.all(pending);
     expect(outcomes.every((o) => o === 'ok' || o === 'failed')).toBe(true);
     await expect(file.pread(0, 10)).rejects.toBeInstanceOf(Error);
+  });
+
+  test('a sleeping worker whose wake-up is lost still serves the request, one nap later', async () => {
+    const own = new IoPool(1);
+    const { path } = await fileWith('lost-wake.bin', bytes(8192, 8));
+    const file = await own.open(path, { readOnly: true });
+    try {
+      await file.pread(0, 4096);
+      // the state a lost notify leaves (seen once, in a hang): the worker asleep, SLEEPING down,
+      // so the main thread sees no reason to wake it
+      const ctrl = (own as unknown as { channels: { ctrl: Int32Array }[] }).channels[0].ctrl;
+      const until = Date.now() + 2000;
+      while (Atomics.load(ctrl, CTRL_SLEEPING) !== 1 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      expect(Atomics.load(ctrl, CTRL_SLEEPING)).toBe(1);
+      Atomics.store(ctrl, CTRL_SLEEPING, 0);
+      const read = file.pread(4096, 4096).then((b) => b.length);
+      const stuck = new Promise<string>((r) => setTimeout(() => r('stuck'), 3000).unref());
+      expect(await Promise.race([read, stuck])).toBe(4096);
+    } finally {
+      await file.close();
+      await own.close();
+    }
+  });
+
+  test('a completion whose wake-up is lost on the main thread is still taken, by the watchdog', async () => {
+    const own = new IoPool(1);
+    const { path } = await fileWith('lost-completion.bin', bytes(2 ** 20, 9));
+    const file = await own.open(path, { readOnly: true });
+    try {
+      await file.pread(0, 4096);
+      // a large read (not polled for) with the channel believing it is armed already: the state
+      // a lost notify of Atomics.waitAsync would leave
+      const channel = (own as unknown as { channels: { armed: boolean }[] }).channels[0];
+      channel.armed = true;
+      const read = file.pread(0, 2 ** 20).then((b) => b.length);
+      const stuck = new Promise<string>((r) => setTimeout(() => r('stuck'), 3000).unref());
+      expect(await Promise.race([read, stuck])).toBe(2 ** 20);
+    } finally {
+      await file.close();
+      await own.close();
+    }
   });
 });

@@ -58,6 +58,8 @@ const WRITE_SLAB_MAX = 2 << 20;
 const READ_SLAB_MAX = 16 << 10;
 /** How long the main thread keeps looking for a request's completion before it waits to be woken (ms). */
 const POLL_MS = 0.05;
+/** How often the pool looks for completions whose wake-up was lost (Channel.rescue), in ms. */
+const WATCHDOG_MS = 250;
 /** Requests up to this size are polled for (see Channel.poll). */
 const POLL_MAX_BYTES = 64 << 10;
 
@@ -373,6 +375,17 @@ class Channel {
     }
   }
 
+  /**
+   * Takes completions whose wake-up never came (the watchdog's round, see IoPool). The worker's
+   * notify should always reach the armed waiter; if one is ever lost, as one worker-side notify
+   * was (io-worker.ts, NAP_MS), this turns a hang into a late completion.
+   */
+  rescue(): void {
+    if (this.dead || Atomics.load(this.ctrl, CTRL_COMPLETED) === this.completed) return;
+    this.harvest();
+    if (this.submitted === this.completed && this.queue.length === 0) this.worker.unref();
+  }
+
   /** Fails everything pending here, and every later request. */
   fail(failure: IoFailure): void {
     if (this.dead) return;
@@ -414,6 +427,9 @@ export class IoPool implements FileOpener, MarkHost {
   readonly arena = new SharedArrayBuffer(ARENA_BYTES);
   private readonly lendable = new ArenaAllocator(ARENA_BYTES, ARENA_MIN_BLOCK);
 
+  /** looks for completions nobody was woken for (Channel.rescue), a few times a second */
+  private readonly watchdog: NodeJS.Timeout;
+
   constructor(size = IoPool.defaultSize()) {
     this.size = size;
     const script = ioWorkerPath();
@@ -423,6 +439,10 @@ export class IoPool implements FileOpener, MarkHost {
       });
       this.channels.push(ch);
     }
+    this.watchdog = setInterval(() => {
+      for (const ch of this.channels) ch.rescue();
+    }, WATCHDOG_MS);
+    this.watchdog.unref();
   }
 
   /**
@@ -578,6 +598,7 @@ export class IoPool implements FileOpener, MarkHost {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.watchdog);
     await Promise.all(this.channels.map((c) => c.close()));
   }
 }
