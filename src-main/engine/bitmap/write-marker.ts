@@ -23,11 +23,14 @@ const DEFERRED_MAX = 64;
  * next request only after them, 1.13-1.33; deferred this way (with plain stores,
  * SharedBits.setOwned) 1.04-1.10 and 1.06-1.12; with the bitmaps' words interleaved
  * (bits-group.ts), one pass per group (mark-bitmaps.ts) and the held marks in fixed arrays,
- * 1.05-1.06 and 1.03-1.08 (three runs). Tried and dropped: marking one bitmap at a time and
- * stopping when a completion is waiting (the misses no longer overlap: worse), batches of 8-32
- * writes, summary bits set in batches, the words fetched while the write runs, or fetched by the
- * idle I/O worker from hints (none better; the last worse: 1.07-1.10); rows aligned to cache
- * lines (no difference measured).
+ * 1.05-1.06 and 1.03-1.08 (three runs); and with the I/O pool watching a lone request's
+ * completion within its poll turn (pool.ts, spinFor), 0.92-1.03 and 0.89-1.04 (six runs —
+ * below 1 the passes with bitmaps came out faster, by timing interplay of the marking with the
+ * polling that is not worked out; with one bitmap the same). Tried and dropped: marking one
+ * bitmap at a time and stopping when a completion is waiting (the misses no longer overlap:
+ * worse), batches of 8-32 writes, summary bits set in batches, the words fetched while the
+ * write runs, or fetched by the idle I/O worker from hints (none better; the last worse:
+ * 1.07-1.10); rows aligned to cache lines (no difference measured).
  *
  * Nothing can observe the difference: every read or clear of bits first applies the marks held
  * back (SharedBits calls settleMarks(), pending-marks.ts). The set a mark applies to is the

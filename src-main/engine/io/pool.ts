@@ -58,6 +58,9 @@ const WRITE_SLAB_MAX = 2 << 20;
 const READ_SLAB_MAX = 16 << 10;
 /** How long the main thread keeps looking for a request's completion before it waits to be woken (ms). */
 const POLL_MS = 0.05;
+/** Checks a poll turn makes for a lone request's completion (Channel.spinFor): ~6.6 µs here (33 ns each). */
+const POLL_SPIN_CHECKS = 200;
+const pauseCpu = (Atomics as unknown as { pause?: () => void }).pause?.bind(Atomics) ?? (() => undefined);
 /** How often the pool looks for completions whose wake-up was lost (Channel.rescue), in ms. */
 const WATCHDOG_MS = 250;
 /** Requests up to this size are polled for (see Channel.poll). */
@@ -300,17 +303,39 @@ class Channel {
   private readonly poll = (): void => {
     this.polling = false;
     if (this.dead) return;
-    if (Atomics.load(this.ctrl, CTRL_COMPLETED) !== this.completed) {
+    let completed = Atomics.load(this.ctrl, CTRL_COMPLETED) !== this.completed;
+    if (!completed) {
+      this.hooks.spare?.();
+      completed = ((this.submitted - this.completed) | 0) === 1 && this.spinFor();
+    }
+    if (completed) {
       this.harvest();
       if (this.submitted === this.completed && this.queue.length === 0) this.worker.unref();
-    } else {
-      this.hooks.spare?.();
     }
     if (this.submitted !== this.completed && performance.now() < this.pollUntil) {
       this.polling = true;
       setImmediate(this.poll);
     }
   };
+
+  /**
+   * Looks for the completion of a lone request in flight for a few microseconds, before giving
+   * the turn back to the event loop. A turn (a zero-timeout epoll and the loop's phases) takes
+   * ~1 µs here, and a completion that lands during one waits for the next check; a caller with
+   * one request in flight usually has nothing else to do meanwhile. With several in flight (an
+   * NBD client's queue) the loop goes back to its sockets at once. Measured on the 2-core VM
+   * (`npm run bench`): a 4 KiB pread at qd1 round trip 4.0-5.6 µs → 3.2-3.6 µs; 4 KiB
+   * allocating writes at qd1 350 → 388-429 MiB/s; NBD at qd16 unchanged within the noise.
+   */
+  private spinFor(): boolean {
+    const ctrl = this.ctrl;
+    const done = this.completed;
+    for (let i = 0; i < POLL_SPIN_CHECKS; i++) {
+      if (Atomics.load(ctrl, CTRL_COMPLETED) !== done) return true;
+      pauseCpu();
+    }
+    return Atomics.load(ctrl, CTRL_COMPLETED) !== done;
+  }
 
   private arm(): void {
     if (this.armed) return;
