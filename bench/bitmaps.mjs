@@ -271,8 +271,8 @@ async function trackingCost(engine, drive, cmds) {
       for (let k = 0; k < 5; k++) {
         for (const b of cfg.set) clearWritten(b);
         const t = now();
-        // the marking itself, on this thread (what a worker does per queued write, and the
-        // main thread when no worker is awake): not drive.bitmaps.markWrite, which may only queue
+        // the marking itself, as the main thread does it per write in its spare time
+        // (write-marker.ts): not drive.bitmaps.markWrite, which only holds the mark back
         for (let i = 0; i < count; i++) markBitmaps(cfg.set, offsets[i], 4 * KiB);
         res.push(now() - t);
       }

@@ -177,7 +177,8 @@ describe('SharedBits', () => {
 
   it('interleaves grouped bits of one size, doubling up to 16 per group', () => {
     const bits = 123_457; // a size no other test uses
-    const totalWords = new SharedBits(bits).layout.levelOffsets.at(-1)! + new SharedBits(bits).layout.levelWords.at(-1)!;
+    const layout = new SharedBits(bits).layout;
+    const totalWords = layout.levelOffsets.at(-1)! + layout.levelWords.at(-1)!;
     const members = Array.from({ length: 17 }, () => SharedBits.grouped(bits));
     expect(groupShapes(totalWords)).toEqual([16, 1]);
     members[3].setRange(64, 64);

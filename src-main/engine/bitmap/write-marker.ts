@@ -84,14 +84,11 @@ export class WriteMarker {
   readonly settle = (): void => {
     const n = this.held;
     if (n === 0) return;
-    // taken down first: marking never calls back here, but a throw must not replay marks
-    this.held = 0;
     const sets = this.sets;
-    for (let k = 0; k < n; k++) {
-      const bitmaps = sets[k]!;
-      sets[k] = undefined;
-      markBitmaps(bitmaps, this.offsets[k], this.lengths[k]);
-    }
+    // marks are idempotent: should one throw, all stay held and are applied again, none lost
+    for (let k = 0; k < n; k++) markBitmaps(sets[k]!, this.offsets[k], this.lengths[k]);
+    this.held = 0;
+    sets.fill(undefined, 0, n);
   };
 
   /** Applies what is held back and marks at once from now on (before the I/O pool goes). */
