@@ -19,14 +19,13 @@ export function formatPercent(fraction: number): string {
   return `${pct < 10 ? pct.toFixed(2) : pct.toFixed(1)}%`.replace(/\.?0+%$/, '%');
 }
 
-/** bytes per second → "12.5 MiB/s" */
+/** What a speed field says when what is typed is not a speed. */
+export const SPEED_ERROR = 'Type a speed above zero in MiB/s, such as 50, or leave it empty for no limit.';
+
 /**
  * A speed typed in MiB/s (decimals allowed) as bytes per second: 0 when left empty (no limit),
  * undefined when it is not a number above zero.
  */
-/** What a speed field says when what is typed is not a speed. */
-export const SPEED_ERROR = 'Type a speed above zero in MiB/s, such as 50, or leave it empty for no limit.';
-
 export function parseMiBps(text: string): number | undefined {
   const t = text.trim();
   if (!t) return 0;
@@ -34,6 +33,7 @@ export function parseMiBps(text: string): number | undefined {
   return Number.isFinite(n) && n > 0 ? Math.round(n * 2 ** 20) : undefined;
 }
 
+/** bytes per second → "12.5 MiB/s" */
 export function formatRate(bytesPerSecond: number): string {
   return `${formatSize(Math.round(bytesPerSecond))}/s`;
 }

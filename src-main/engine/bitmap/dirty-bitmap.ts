@@ -100,11 +100,6 @@ export class DirtyBitmap {
     return this.bits.count() * this.granularity;
   }
 
-  /** Brings the first words mark(offset, …) will write into cache (see SharedBits.touch). */
-  touch(offset: number): number {
-    return offset < this.size ? this.bits.touch(Math.floor(offset / this.granularity)) : 0;
-  }
-
   /** Marks every granule the byte range touches (rounds outward). */
   mark(offset: number, length: number): void {
     if (length <= 0 || offset >= this.size) return;

@@ -25,6 +25,9 @@
 
 import type { MessagePort } from 'node:worker_threads';
 
+/** A spin-wait hint to the CPU (Atomics.pause where the runtime has it), for the loops that poll ctrl. */
+export const cpuPause: () => void = (Atomics as unknown as { pause?: () => void }).pause?.bind(Atomics) ?? (() => undefined);
+
 /** ctrl indices (int32), 64 bytes apart */
 export const CTRL_SUBMITTED = 0;
 export const CTRL_COMPLETED = 16;

@@ -6,6 +6,7 @@ import { fsyncSync, readSync, readvSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import {
   CTRL_COMPLETED,
+  cpuPause,
   CTRL_SLEEPING,
   CTRL_SUBMITTED,
   F_LENGTH,
@@ -224,7 +225,6 @@ function serve(slot: number): void {
  * backups and qd16 streams neither gain nor lose.
  */
 const SPIN_MS = 0.03;
-const pause = (Atomics as unknown as { pause?: () => void }).pause?.bind(Atomics) ?? (() => undefined);
 
 /**
  * The longest a sleeping worker goes without looking for requests (ms). A wake-up should never
@@ -243,7 +243,7 @@ for (;;) {
     const until = performance.now() + SPIN_MS;
     while (submitted === done && performance.now() < until) {
       for (let i = 0; i < 32 && submitted === done; i++) {
-        pause();
+        cpuPause();
         submitted = Atomics.load(ctrl, CTRL_SUBMITTED);
       }
     }

@@ -9,6 +9,7 @@ import {
   CTRL_COMPLETED,
   CTRL_SLEEPING,
   CTRL_SUBMITTED,
+  cpuPause,
   F_LENGTH,
   F_POSITION,
   OP_FSYNC,
@@ -60,7 +61,6 @@ const READ_SLAB_MAX = 16 << 10;
 const POLL_MS = 0.05;
 /** Checks a poll turn makes for a lone request's completion (Channel.spinFor): ~6.6 µs here (33 ns each). */
 const POLL_SPIN_CHECKS = 200;
-const pauseCpu = (Atomics as unknown as { pause?: () => void }).pause?.bind(Atomics) ?? (() => undefined);
 /** How often the pool looks for completions whose wake-up was lost (Channel.rescue), in ms. */
 const WATCHDOG_MS = 250;
 /** Requests up to this size are polled for (see Channel.poll). */
@@ -308,10 +308,7 @@ class Channel {
       this.hooks.spare?.();
       completed = ((this.submitted - this.completed) | 0) === 1 && this.spinFor();
     }
-    if (completed) {
-      this.harvest();
-      if (this.submitted === this.completed && this.queue.length === 0) this.worker.unref();
-    }
+    if (completed) this.harvestAll();
     if (this.submitted !== this.completed && performance.now() < this.pollUntil) {
       this.polling = true;
       setImmediate(this.poll);
@@ -332,7 +329,7 @@ class Channel {
     const done = this.completed;
     for (let i = 0; i < POLL_SPIN_CHECKS; i++) {
       if (Atomics.load(ctrl, CTRL_COMPLETED) !== done) return true;
-      pauseCpu();
+      cpuPause();
     }
     return Atomics.load(ctrl, CTRL_COMPLETED) !== done;
   }
@@ -406,7 +403,11 @@ class Channel {
    * was (io-worker.ts, NAP_MS), this turns a hang into a late completion.
    */
   rescue(): void {
-    if (this.dead || Atomics.load(this.ctrl, CTRL_COMPLETED) === this.completed) return;
+    if (!this.dead && Atomics.load(this.ctrl, CTRL_COMPLETED) !== this.completed) this.harvestAll();
+  }
+
+  /** harvest(), then lets the process exit if nothing is left in flight or waiting here. */
+  private harvestAll(): void {
     this.harvest();
     if (this.submitted === this.completed && this.queue.length === 0) this.worker.unref();
   }
