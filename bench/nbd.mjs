@@ -13,9 +13,10 @@
 //   - rand write / rand read 4K: qemu-img bench -f raw nbd+unix://… -s 4096 -d 16, offsets
 //     k·4096·104729 mod size (every 4 KiB slot at most once), into the written image.
 // Rounds alternate which side goes first; the best of the rounds is kept (other load on a shared
-// machine only ever adds time). The sequential reads take ~0.3 s each and vary most from run to
-// run (qemu-nbd's own best-of-3 ranged 3130-3837 MiB/s over one session), so each round reads
-// READ_REPEATS times on either side. ratio = Tidemark throughput / qemu-nbd throughput.
+// machine only ever adds time). The short cases — the reads, and the random writes, which only
+// overwrite what the sequential write filled — take 0.3-0.5 s each and vary most from run to run
+// (qemu-nbd's own best-of-3 sequential read ranged 3130-3837 MiB/s over one session), so each
+// round runs them REPEATS times on either side. ratio = Tidemark throughput / qemu-nbd throughput.
 //
 // Needs dist/main (node scripts/build.mjs --main-only). The NBD server comes from
 // dist/main/engine.mjs when it exports NbdServer; otherwise it is bundled from the sources here.
@@ -28,8 +29,8 @@ import { KiB, MiB, GiB, best, fmtMs, fmtRate, log, printTable, prng, quick, sh, 
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const PRIME = 104729;
-/** Sequential reads per side per round (see the header). */
-const READ_REPEATS = 3;
+/** Runs of each short case per side per round (see the header). */
+const REPEATS = 3;
 
 /** BlockEngine and NbdServer from one bundle (so they share their classes). */
 async function loadEngine(scratch) {
@@ -111,18 +112,28 @@ async function nbdcopy(src, dst, connections, extra = []) {
   return (await sh('nbdcopy', [`--connections=${connections}`, ...extra, src, dst])).ms;
 }
 
-/** The best of READ_REPEATS reads of an export to null:. */
-async function nbdcopyReads(src, connections) {
+/** The best of REPEATS runs of `once`. */
+async function bestOfRepeats(once) {
   const times = [];
-  for (let k = 0; k < READ_REPEATS; k++) times.push(await nbdcopy(src, 'null:', connections));
+  for (let k = 0; k < REPEATS; k++) times.push(await once());
   return best(times);
+}
+
+/** The best of REPEATS reads of an export to null:. */
+function nbdcopyReads(src, connections) {
+  return bestOfRepeats(() => nbdcopy(src, 'null:', connections));
+}
+
+/** The best of REPEATS qemu-img bench runs. */
+function qemuImgBenchRepeated(uri, options) {
+  return bestOfRepeats(() => qemuImgBench(uri, options));
 }
 
 export async function run({ dir, reps = 3 }) {
   const size = quick ? 256 * MiB : GiB;
   const randCount = quick ? 10000 : 20000;
   const { BlockEngine, NbdServer, source } = await loadEngine(dir);
-  log(`nbd: ${size / MiB} MiB qcow2 images, ${randCount} random 4 KiB requests at queue depth 16, best of ${reps} rounds (sequential reads ${READ_REPEATS} per round); server from ${source}`);
+  log(`nbd: ${size / MiB} MiB qcow2 images, ${randCount} random 4 KiB requests at queue depth 16, best of ${reps} rounds (short cases ${REPEATS} times per round); server from ${source}`);
   const src = join(dir, 'source.raw');
   makeSource(src, size);
 
@@ -153,8 +164,8 @@ export async function run({ dir, reps = 3 }) {
           server.addExport({ name: 'bench', driveId: 'bench', writable: true });
           t.seqw = await nbdcopy(src, turi('bench'), 1, ['--flush']);
           t.seqr = await nbdcopyReads(turi('bench'), 1);
-          t.rw = await qemuImgBench(turi('bench'), { write: true, count: randCount, depth: 16, size: 4096 });
-          t.rr = await qemuImgBench(turi('bench'), { write: false, count: randCount, depth: 16, size: 4096 });
+          t.rw = await qemuImgBenchRepeated(turi('bench'), { write: true, count: randCount, depth: 16, size: 4096 });
+          t.rr = await qemuImgBenchRepeated(turi('bench'), { write: false, count: randCount, depth: 16, size: 4096 });
           await server.removeExport('bench');
           // the read-only view (multi-conn either way)
           server.addExport({ name: 'bench', driveId: 'bench', writable: false });
@@ -166,8 +177,8 @@ export async function run({ dir, reps = 3 }) {
           try {
             t.seqw = await nbdcopy(src, q.uri('bench'), 1, ['--flush']);
             t.seqr = await nbdcopyReads(q.uri('bench'), 1);
-            t.rw = await qemuImgBench(q.uri('bench'), { write: true, count: randCount, depth: 16, size: 4096 });
-            t.rr = await qemuImgBench(q.uri('bench'), { write: false, count: randCount, depth: 16, size: 4096 });
+            t.rw = await qemuImgBenchRepeated(q.uri('bench'), { write: true, count: randCount, depth: 16, size: 4096 });
+            t.rr = await qemuImgBenchRepeated(q.uri('bench'), { write: false, count: randCount, depth: 16, size: 4096 });
           } finally {
             await q.stop();
           }
@@ -199,7 +210,7 @@ export async function run({ dir, reps = 3 }) {
     const ratio = q / e;
     return { case: c.label, engine: fmtRate(c.bytes, e), peer: fmtRate(c.bytes, q), ratio, target: '≥ 0.80', ok: ratio >= 0.8, note: `${fmtMs(e)} vs ${fmtMs(q)}` };
   });
-  printTable(`nbd — qcow2 ${size / MiB} MiB over a unix socket; ratio = Tidemark / qemu-nbd throughput (best of ${reps} rounds; sequential reads best of ${reps * READ_REPEATS})`, rows, { engine: 'Tidemark', peer: 'qemu-nbd' });
+  printTable(`nbd — qcow2 ${size / MiB} MiB over a unix socket; ratio = Tidemark / qemu-nbd throughput (best of ${reps} rounds; seq read and random cases best of ${reps * REPEATS})`, rows, { engine: 'Tidemark', peer: 'qemu-nbd' });
   console.log(verified ? 'both servers left identical images; qemu-img check clean on Tidemark\'s' : 'WARNING: the images differ or qemu-img check failed');
   return verified;
 }

@@ -225,6 +225,30 @@ describe('clients that vanish', () => {
     expect(done.every((r) => r.error === 0)).toBe(true);
     c.close();
   });
+
+  test('requests that keep coming while replies go unread stop being taken after a few MiB of replies', async () => {
+    const { c } = await RawNbd.open(env.sock, 'victim');
+    c.socket.pause();
+    const replies: Promise<{ error: number }>[] = [];
+    // 64 reads of 256 KiB (16 MiB), one packet each, as nbdcopy keeps them coming
+    for (let i = 0; i < 64; i++) {
+      const h = c.send(CMD.READ, (i % 16) * MiB, 256 * 1024);
+      replies.push(c.reply(h, CMD.READ, (i % 16) * MiB, 256 * 1024));
+      await sleep(2);
+    }
+    await sleep(300);
+    const [stat] = env.server.connections().filter((s) => s.phase === 'transmission');
+    expect(stat.readingPaused).toBe(true);
+    // past the default limit of 4 MiB of queued replies (DEFAULT_LIMITS.maxQueuedOutput) the
+    // requests wait in the socket; with the old 32 MiB all 16 MiB would sit queued here (the
+    // slack is for requests that arrive together under load)
+    expect(stat.queuedOutput).toBeGreaterThan(3 * MiB);
+    expect(stat.queuedOutput).toBeLessThan(8 * MiB);
+    c.socket.resume();
+    const done = await Promise.all(replies);
+    expect(done.every((r) => r.error === 0)).toBe(true);
+    c.close();
+  });
 });
 
 describe('many connections', () => {
