@@ -25,7 +25,7 @@ import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { KiB, MiB, GiB, best, fmtMs, fmtRate, log, printTable, prng, quick, sh, track } from './lib/util.mjs';
+import { KiB, MiB, GiB, best, bestOfRuns, fmtMs, fmtRate, log, printTable, prng, quick, sh, track } from './lib/util.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const PRIME = 104729;
@@ -112,21 +112,14 @@ async function nbdcopy(src, dst, connections, extra = []) {
   return (await sh('nbdcopy', [`--connections=${connections}`, ...extra, src, dst])).ms;
 }
 
-/** The best of REPEATS runs of `once`. */
-async function bestOfRepeats(once) {
-  const times = [];
-  for (let k = 0; k < REPEATS; k++) times.push(await once());
-  return best(times);
-}
-
 /** The best of REPEATS reads of an export to null:. */
 function nbdcopyReads(src, connections) {
-  return bestOfRepeats(() => nbdcopy(src, 'null:', connections));
+  return bestOfRuns(REPEATS, () => nbdcopy(src, 'null:', connections));
 }
 
 /** The best of REPEATS qemu-img bench runs. */
 function qemuImgBenchRepeated(uri, options) {
-  return bestOfRepeats(() => qemuImgBench(uri, options));
+  return bestOfRuns(REPEATS, () => qemuImgBench(uri, options));
 }
 
 export async function run({ dir, reps = 3 }) {

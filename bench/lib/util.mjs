@@ -68,6 +68,13 @@ export function best(xs) {
   return Math.min(...xs);
 }
 
+/** The best of `n` sequential runs of `once` (each resolving to milliseconds). */
+export async function bestOfRuns(n, once) {
+  const times = [];
+  for (let k = 0; k < n; k++) times.push(await once());
+  return best(times);
+}
+
 // ------------------------------------------------------------------ child processes
 
 const children = new Set();
