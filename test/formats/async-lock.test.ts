@@ -37,6 +37,29 @@ test('RangeLock: shared claims coexist; a waiting writer is not overtaken by lat
   expect(log).toEqual(['w', 'r3']);
 });
 
+test('RangeLock.tryAcquire: granted only when neither a holder nor a waiter conflicts; a refusal takes nothing', async () => {
+  const lock = new RangeLock();
+  const w = await lock.acquire(0, 4, true);
+  expect(lock.tryAcquire(2, 3, false)).toBeUndefined();
+  const disjoint = lock.tryAcquire(4, 8, false);
+  expect(disjoint).toBeDefined();
+  // a writer waiting behind a reader: a later reader of its range may not overtake it
+  const r = lock.tryAcquire(10, 12, false)!;
+  const waiting = lock.acquire(11, 12, true);
+  const beside = lock.tryAcquire(10, 11, false);
+  expect(beside).toBeDefined();
+  expect(lock.tryAcquire(11, 12, false)).toBeUndefined();
+  beside!();
+  r();
+  (await waiting)();
+  w();
+  disjoint!();
+  // refusals left nothing behind: everything is free again
+  const all = lock.tryAcquire(0, 100, true);
+  expect(all).toBeDefined();
+  all!();
+});
+
 test('Mutex: FIFO', async () => {
   const m = new Mutex();
   const log: number[] = [];
@@ -60,4 +83,18 @@ test('MetadataCache: bounded, pinned entries survive, concurrent misses share on
   await cache.get(2, load(2));
   expect(loads).toBe(before);
   cache.unpin(2);
+});
+
+test('MetadataCache.lookup: a hit refreshes recency, a miss loads nothing', async () => {
+  const cache = new MetadataCache(2);
+  const load = (v: number) => async () => new Uint8Array([v]);
+  await cache.get(1, load(1));
+  await cache.get(2, load(2));
+  expect(cache.lookup(1)?.[0]).toBe(1);
+  expect(cache.lookup(9)).toBeUndefined();
+  // 1 was used last: 2 is the one evicted
+  await cache.get(3, load(3));
+  expect(cache.lookup(2)).toBeUndefined();
+  expect(cache.lookup(1)?.[0]).toBe(1);
+  expect(cache.size).toBe(2);
 });

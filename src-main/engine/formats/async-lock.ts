@@ -65,6 +65,18 @@ export class RangeLock {
     } else {
       this.held.add(claim);
     }
+    return this.releaser(claim);
+  }
+
+  /** The lock at once when nothing holds or waits for a conflicting range, else undefined (nothing taken). */
+  tryAcquire(start: number, end: number, exclusive: boolean): (() => void) | undefined {
+    const claim: RangeClaim = { start, end, exclusive };
+    if (this.isBlocked(claim, this.waiting)) return undefined;
+    this.held.add(claim);
+    return this.releaser(claim);
+  }
+
+  private releaser(claim: RangeClaim): () => void {
     let released = false;
     return () => {
       if (released) return;

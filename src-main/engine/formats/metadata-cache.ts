@@ -23,14 +23,19 @@ export class MetadataCache {
 
   constructor(readonly maxEntries: number) {}
 
-  async get(key: number, load: () => Promise<Uint8Array>): Promise<Uint8Array> {
+  /** The cached value for `key` with its recency refreshed, as get() does; undefined when not cached (nothing loaded). */
+  lookup(key: number): Uint8Array | undefined {
     const hit = this.entries.get(key);
-    if (hit) {
-      // refresh recency: Map iteration order is insertion order
-      this.entries.delete(key);
-      this.entries.set(key, hit);
-      return hit.value;
-    }
+    if (!hit) return undefined;
+    this.entries.delete(key);
+    this.entries.set(key, hit);
+    return hit.value;
+  }
+
+  async get(key: number, load: () => Promise<Uint8Array>): Promise<Uint8Array> {
+    // refresh recency: Map iteration order is insertion order
+    const hit = this.lookup(key);
+    if (hit) return hit;
     const pending = this.loading.get(key);
     if (pending) return pending;
     const promise = load().then(

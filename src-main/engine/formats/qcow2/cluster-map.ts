@@ -94,6 +94,29 @@ export class ClusterMap {
     return decodeL2(table, index, this.version, this.path);
   }
 
+  /**
+   * Mappings of guest clusters [first, first+count) when every L2 table they need is in the
+   * cache (or not allocated at all), without waiting for anything; undefined otherwise.
+   */
+  mapRangeCached(first: number, count: number): ClusterMapping[] | undefined {
+    const out = new Array<ClusterMapping>(count);
+    let i = 0;
+    while (i < count) {
+      const c = first + i;
+      const inTable = Math.min(count - i, this.l2Entries - (c % this.l2Entries));
+      const off = this.l1Offset(Math.floor(c / this.l2Entries));
+      let table: DataView | null = null;
+      if (off) {
+        const t = this.cache.lookup(off);
+        if (!t) return undefined;
+        table = new DataView(t.buffer, t.byteOffset, t.byteLength);
+      }
+      for (let k = 0; k < inTable; k++) out[i + k] = table ? this.decode(table, (c + k) % this.l2Entries) : UNALLOCATED;
+      i += inTable;
+    }
+    return out;
+  }
+
   /** Mappings of guest clusters [first, first+count). */
   async mapRange(first: number, count: number): Promise<ClusterMapping[]> {
     const out = new Array<ClusterMapping>(count);

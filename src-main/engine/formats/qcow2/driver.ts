@@ -178,7 +178,7 @@ export class Qcow2Driver implements BlockDriver {
   // ---------------------------------------------------------------- BlockDriver
 
   read(offset: number, length: number): Promise<Uint8Array> {
-    return this.track(async () => {
+    return this.readFast(offset, length) ?? this.track(async () => {
       checkRequest(this.path, 'read', offset, length, this.virtualSize);
       if (length === 0) return new Uint8Array(0);
       const release = await this.lockRange(offset, length, false);
@@ -187,6 +187,39 @@ export class Qcow2Driver implements BlockDriver {
       } finally {
         release();
       }
+    });
+  }
+
+  /**
+   * The common small read with nothing to wait for before its I/O — clusters not locked, their L2
+   * tables cached, one run of data in the file — started without a single await; undefined when
+   * any of that does not hold (read() then takes the general path, which also reports errors).
+   * Each await costs a microtask turn and a promise; at 4 KiB and 16 in flight they were a
+   * third of the main thread's work per read.
+   */
+  private readFast(offset: number, length: number): Promise<Uint8Array> | undefined {
+    if (this.closing || length <= 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || offset + length > this.virtualSize) return undefined;
+    const cs = this.clusterSize;
+    const c0 = Math.floor(offset / cs);
+    const c1 = Math.floor((offset + length - 1) / cs) + 1;
+    const release = this.rangeLock.tryAcquire(c0, c1, false);
+    if (!release) return undefined;
+    let read: Promise<Uint8Array> | undefined;
+    try {
+      const maps = this.map.mapRangeCached(c0, c1 - c0);
+      read = maps && this.reader.readSingleRun(offset, length, maps);
+    } catch {
+      // a damaged L2 entry: the general path meets it again and reports it (as a rejection)
+      read = undefined;
+    }
+    if (!read) {
+      release();
+      return undefined;
+    }
+    this.active++;
+    return read.finally(() => {
+      release();
+      this.settled();
     });
   }
 
@@ -740,8 +773,13 @@ export class Qcow2Driver implements BlockDriver {
     try {
       return await fn();
     } finally {
-      if (--this.active === 0) for (const resolve of this.idle.splice(0)) resolve();
+      this.settled();
     }
+  }
+
+  /** One counted request is over (track, readFast): close() may go on once none is left. */
+  private settled(): void {
+    if (--this.active === 0) for (const resolve of this.idle.splice(0)) resolve();
   }
 
   private checkWritable(): void {

@@ -50,6 +50,21 @@ export class ReadPath {
     }
   }
 
+  /**
+   * The read when `maps` (of the clusters under [offset, +length)) is one run of data clusters
+   * lying in order in the file: one pread into the buffer handed out. Undefined for anything else
+   * — other kinds, several runs, or a host offset read() would refuse as corrupt — which read()
+   * then handles (and reports).
+   */
+  readSingleRun(offset: number, length: number, maps: readonly ClusterMapping[]): Promise<Uint8Array> | undefined {
+    const m = maps[0];
+    if (m.kind !== 'normal' || runEnd(maps, 0, this.cs) !== maps.length) return undefined;
+    const first = Math.floor(offset / this.cs);
+    const hostFirst = m.host / this.cs;
+    if (hostFirst < 1 || hostFirst + maps.length > this.hostEnd()) return undefined;
+    return this.file.pread(m.host + (offset - first * this.cs), length);
+  }
+
   async read(offset: number, length: number): Promise<Uint8Array> {
     const cs = this.cs;
     const c0 = Math.floor(offset / cs);
@@ -222,7 +237,7 @@ interface Run {
 }
 
 /** End (exclusive) of the run of clusters starting at i that one read operation can serve. */
-function runEnd(maps: ClusterMapping[], i: number, cs: number): number {
+function runEnd(maps: readonly ClusterMapping[], i: number, cs: number): number {
   const m = maps[i];
   const n = maps.length;
   let j = i + 1;
