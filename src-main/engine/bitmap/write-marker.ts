@@ -10,12 +10,17 @@ export interface MarkHost {
 
 /** Marks held back at most; beyond this a write is marked at once. */
 const DEFERRED_MAX = 64;
+/**
+ * The longest marks stay held when no request follows and nothing reads the bits (ms). Nothing
+ * can tell held marks from set ones (see below), so this only bounds how stale the memory gets.
+ */
+const SETTLE_LATEST_MS = 5;
 
 /**
  * Deferred write marking, on the main thread. A guest write that completes does not set its
  * bits there and then: they are set right after the next request has been handed to an I/O
  * worker — while the worker performs it, in time the main thread would otherwise spend waiting
- * — or on the next turn of the event loop if no request follows. Marking is a cache miss or two
+ * — or within SETTLE_LATEST_MS if no request follows. Marking is a cache miss or two
  * per row of bits, anywhere in up to 64 MiB per bitmap; set at completion it delays the next
  * request by all of it. Measured on the 2-core VM (`npm run bench`, 4 KiB random writes at qd1
  * over 2 TiB, time with 8 recording bitmaps / time with none): set at completion 1.20-1.31
@@ -26,7 +31,10 @@ const DEFERRED_MAX = 64;
  * 1.05-1.06 and 1.03-1.08 (three runs); and with the I/O pool watching a lone request's
  * completion within its poll turn (pool.ts, spinFor), 0.92-1.03 and 0.89-1.04 (six runs —
  * below 1 the passes with bitmaps came out faster, by timing interplay of the marking with the
- * polling that is not worked out; with one bitmap the same). Tried and dropped: marking one
+ * polling that is not worked out; with one bitmap the same). Once the pool stopped notifying a
+ * polling main thread (io-protocol.ts, CTRL_POLLING) the base got faster (3.5 → 3.0 µs per
+ * write) and the setImmediate that each held-back mark scheduled, to apply it on the next turn,
+ * showed: 1.03-1.09; scheduling one 5 ms timer at most instead, 0.97-1.04. Tried and dropped: marking one
  * bitmap at a time and stopping when a completion is waiting (the misses no longer overlap:
  * worse), batches of 8-32 writes, summary bits set in batches, the words fetched while the
  * write runs, or fetched by the idle I/O worker from hints (none better; the last worse:
@@ -47,7 +55,8 @@ export class WriteMarker {
   private readonly offsets = new Float64Array(DEFERRED_MAX);
   private readonly lengths = new Float64Array(DEFERRED_MAX);
   private held = 0;
-  private turnScheduled = false;
+  /** applies what is still held if nothing else has within SETTLE_LATEST_MS */
+  private latest: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly removeSettler: () => void;
 
@@ -74,10 +83,8 @@ export class WriteMarker {
     this.sets[k] = bitmaps;
     this.offsets[k] = offset;
     this.lengths[k] = length;
-    if (!this.turnScheduled) {
-      this.turnScheduled = true;
-      setImmediate(this.onTurn);
-    }
+    // one timer for many marks: a setImmediate per mark cost 5% of a 3 µs write
+    if (!this.latest) this.latest = setTimeout(this.onLatest, SETTLE_LATEST_MS).unref();
   }
 
   /** Applies every mark held back. With none, one comparison. */
@@ -94,13 +101,15 @@ export class WriteMarker {
   /** Applies what is held back and marks at once from now on (before the I/O pool goes). */
   close(): void {
     this.host.onSpareTime(undefined);
+    clearTimeout(this.latest);
+    this.latest = undefined;
     this.settle();
     this.closed = true;
     this.removeSettler();
   }
 
-  private readonly onTurn = (): void => {
-    this.turnScheduled = false;
+  private readonly onLatest = (): void => {
+    this.latest = undefined;
     this.settle();
   };
 }
