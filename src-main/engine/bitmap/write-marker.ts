@@ -31,11 +31,9 @@ const SETTLE_LATEST_MS = 5;
  * 1.05-1.06 and 1.03-1.08 (three runs); and with the I/O pool watching a lone request's
  * completion within its poll turn (pool.ts, spinFor), 0.92-1.03 and 0.89-1.04 (six runs —
  * below 1 the passes with bitmaps came out faster, by timing interplay of the marking with the
- * polling that is not worked out; with one bitmap the same). Once the pool stopped notifying a
- * polling main thread (io-protocol.ts, CTRL_POLLING) the base got faster (3.5 → 3.0 µs per
- * write) and the setImmediate that each held-back mark scheduled, to apply it on the next turn,
- * showed: 1.03-1.09; scheduling one 5 ms timer at most instead, 0.97-1.04. Tried and dropped: marking one
- * bitmap at a time and stopping when a completion is waiting (the misses no longer overlap:
+ * polling that is not worked out; with one bitmap the same). The setImmediate that each
+ * held-back mark scheduled, to apply it on the next turn, cost ~5% of a 3 µs write by itself:
+ * one 5 ms timer at most does the same job. Tried and dropped: marking one bitmap at a time and stopping when a completion is waiting (the misses no longer overlap:
  * worse), batches of 8-32 writes, summary bits set in batches, the words fetched while the
  * write runs, or fetched by the idle I/O worker from hints (none better; the last worse:
  * 1.07-1.10); rows aligned to cache lines (no difference measured).

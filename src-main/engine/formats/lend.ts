@@ -19,8 +19,7 @@ const LEND_MIN = 64 << 10;
  */
 export function readLent(driver: BlockDriver, offset: number, length: number): Promise<Lent> {
   if (length >= LEND_MIN && driver.readLent) {
-    const lending = driver.readLent;
-    return lending.call(driver, [{ offset, length }]).then((lent) => lent ?? driver.read(offset, length).then(asLent));
+    return driver.readLent([{ offset, length }]).then((lent) => lent ?? driver.read(offset, length).then(asLent));
   }
   // not async: a small read is on the hot path, and every await is a turn of its own
   return driver.read(offset, length).then(asLent);

@@ -32,16 +32,7 @@ export const cpuPause: () => void = (Atomics as unknown as { pause?: () => void 
 export const CTRL_SUBMITTED = 0;
 export const CTRL_COMPLETED = 16;
 export const CTRL_SLEEPING = 32;
-/**
- * 1 while the main thread polls for completions on every turn of its event loop (Channel.poll):
- * the worker then publishes completions without a notify. Each notify that reaches an armed
- * Atomics.waitAsync costs the worker a task post and an eventfd write, and the main thread a
- * wake-up it does not need while polling. The worker stores COMPLETED before it loads POLLING,
- * and the main thread stores POLLING = 0 before it loads COMPLETED (all sequentially consistent):
- * one of the two always sees the other, so a completion is never left unnoticed.
- */
-export const CTRL_POLLING = 48;
-export const CTRL_BYTES = 256;
+export const CTRL_BYTES = 192;
 
 /** request records: SLOT_BYTES each; request k (an int32 counter that wraps) lives in slot k & (SLOTS - 1) */
 export const SLOTS = 256;

@@ -6,7 +6,6 @@ import { fsyncSync, readSync, readvSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import {
   CTRL_COMPLETED,
-  CTRL_POLLING,
   cpuPause,
   CTRL_SLEEPING,
   CTRL_SUBMITTED,
@@ -262,7 +261,6 @@ for (;;) {
     serve(done & (SLOTS - 1));
     done = (done + 1) | 0;
     Atomics.store(ctrl, CTRL_COMPLETED, done);
-    // a polling main thread finds it by itself (see CTRL_POLLING)
-    if (Atomics.load(ctrl, CTRL_POLLING) === 0) Atomics.notify(ctrl, CTRL_COMPLETED);
+    Atomics.notify(ctrl, CTRL_COMPLETED);
   }
 }

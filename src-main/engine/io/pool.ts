@@ -7,7 +7,6 @@ import type { DataRange } from './host-extents.js';
 import {
   CTRL_BYTES,
   CTRL_COMPLETED,
-  CTRL_POLLING,
   CTRL_SLEEPING,
   CTRL_SUBMITTED,
   cpuPause,
@@ -307,7 +306,6 @@ class Channel {
       this.pollUntil = performance.now() + POLL_MS;
       if (!this.polling) {
         this.polling = true;
-        Atomics.store(this.ctrl, CTRL_POLLING, 1);
         setImmediate(this.poll);
       }
     }
@@ -336,12 +334,7 @@ class Channel {
     if (this.submitted !== this.completed && performance.now() < this.pollUntil) {
       this.polling = true;
       setImmediate(this.poll);
-      return;
     }
-    // back to being woken: completions published while the worker saw POLLING = 1 came without
-    // a notify, so look once more after taking the flag down (see CTRL_POLLING)
-    Atomics.store(this.ctrl, CTRL_POLLING, 0);
-    if (Atomics.load(this.ctrl, CTRL_COMPLETED) !== this.completed) this.harvestAll();
   };
 
   /**

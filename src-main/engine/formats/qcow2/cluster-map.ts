@@ -111,10 +111,15 @@ export class ClusterMap {
         if (!t) return undefined;
         table = new DataView(t.buffer, t.byteOffset, t.byteLength);
       }
-      for (let k = 0; k < inTable; k++) out[i + k] = table ? this.decode(table, (c + k) % this.l2Entries) : UNALLOCATED;
+      this.decodeInto(out, i, c, inTable, table);
       i += inTable;
     }
     return out;
+  }
+
+  /** out[i, +n) = the mappings of guest clusters [c, +n), all in `table` (none allocated when null). */
+  private decodeInto(out: ClusterMapping[], i: number, c: number, n: number, table: DataView | null): void {
+    for (let k = 0; k < n; k++) out[i + k] = table ? this.decode(table, (c + k) % this.l2Entries) : UNALLOCATED;
   }
 
   /** Mappings of guest clusters [first, first+count). */
@@ -124,8 +129,7 @@ export class ClusterMap {
     while (i < count) {
       const c = first + i;
       const inTable = Math.min(count - i, this.l2Entries - (c % this.l2Entries));
-      const table = await this.table(Math.floor(c / this.l2Entries));
-      for (let k = 0; k < inTable; k++) out[i + k] = table ? this.decode(table, (c + k) % this.l2Entries) : UNALLOCATED;
+      this.decodeInto(out, i, c, inTable, await this.table(Math.floor(c / this.l2Entries)));
       i += inTable;
     }
     return out;

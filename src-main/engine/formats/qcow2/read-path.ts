@@ -42,10 +42,15 @@ export class ReadPath {
     this.hostEnd = o.hostEnd;
   }
 
+  /** Whether host clusters [host, +clusters) lie inside the file and past the header. */
+  private hostInside(host: number, clusters: number): boolean {
+    const first = host / this.cs;
+    return first >= 1 && first + clusters <= this.hostEnd();
+  }
+
   /** Throws unless host clusters [host, +clusters) lie inside the file and past the header. */
   checkHost(host: number, clusters: number, guestCluster: number): void {
-    const first = host / this.cs;
-    if (first < 1 || first + clusters > this.hostEnd()) {
+    if (!this.hostInside(host, clusters)) {
       throw corruptImage(this.path, `data for guest cluster ${guestCluster} points to 0x${host.toString(16)}, outside the image file`);
     }
   }
@@ -58,11 +63,8 @@ export class ReadPath {
    */
   readSingleRun(offset: number, length: number, maps: readonly ClusterMapping[]): Promise<Uint8Array> | undefined {
     const m = maps[0];
-    if (m.kind !== 'normal' || runEnd(maps, 0, this.cs) !== maps.length) return undefined;
-    const first = Math.floor(offset / this.cs);
-    const hostFirst = m.host / this.cs;
-    if (hostFirst < 1 || hostFirst + maps.length > this.hostEnd()) return undefined;
-    return this.file.pread(m.host + (offset - first * this.cs), length);
+    if (m.kind !== 'normal' || runEnd(maps, 0, this.cs) !== maps.length || !this.hostInside(m.host, maps.length)) return undefined;
+    return this.file.pread(m.host + (offset % this.cs), length);
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
