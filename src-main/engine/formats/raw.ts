@@ -34,7 +34,8 @@ export class RawDriver implements BlockDriver {
   async read(offset: number, length: number): Promise<Uint8Array> {
     this.checkOpen();
     checkRequest(this.path, 'read', offset, length, this.virtualSize);
-    return this.file.pread(offset, length);
+    // guest data, passed on by the caller (FileHandle.preadPassing)
+    return this.file.preadPassing ? this.file.preadPassing(offset, length) : this.file.pread(offset, length);
   }
 
   async readLent(ranges: readonly { offset: number; length: number }[]): Promise<Lent | undefined> {

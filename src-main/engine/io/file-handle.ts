@@ -10,6 +10,12 @@ export interface FileHandle {
   /** Reads up to `length` bytes at `position`; bytes past EOF read as zeros. Returns a new buffer of exactly `length`. */
   pread(position: number, length: number): Promise<Uint8Array>;
   /**
+   * Like pread, for bytes the caller passes on and does not keep (guest data for a client): the
+   * buffer may share its ArrayBuffer with other such reads, so keeping it keeps that memory too.
+   * Optional; callers fall back to pread. Metadata that is cached must use pread.
+   */
+  preadPassing?(position: number, length: number): Promise<Uint8Array>;
+  /**
    * Reads several ranges of the file into one new buffer of `length` bytes: segment k's bytes
    * land at its `at`; everything else (and anything past EOF) reads as zeros. Optional: one
    * request instead of one per range; callers fall back to pread where it is missing.

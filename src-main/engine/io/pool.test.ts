@@ -113,7 +113,7 @@ describe('IoPool', () => {
     }
   });
 
-  test('small reads come back in buffers of their own, even when many share a carved chunk', async () => {
+  test('small passing reads come back in buffers of their own, even when many share a carved chunk', async () => {
     const content = bytes(2 ** 20, 12);
     const { file } = await fileWith('carved.bin', content);
     try {
@@ -122,13 +122,18 @@ describe('IoPool', () => {
         Array.from({ length: 300 }, (_, k) => {
           const n = sizes[k % sizes.length];
           const at = (k * 7919) % (content.length - n);
-          return file.pread(at, n).then((b) => ({ b, at }));
+          return file.preadPassing!(at, n).then((b) => ({ b, at }));
         }),
       );
       for (const { b, at } of got) expect(Buffer.compare(b, content.subarray(at, at + b.length))).toBe(0);
-      // scribbling over each one touches no other
+      // they do share chunks (what makes them cheap)...
+      expect(new Set(got.map(({ b }) => b.buffer)).size).toBeLessThan(got.length / 4);
+      // ...and scribbling over each one touches no other
       got.forEach(({ b }, k) => b.fill(k & 0xff));
       got.forEach(({ b }, k) => expect(b.every((x) => x === (k & 0xff))).toBe(true));
+      // a plain pread (metadata a cache may keep) never shares: it holds exactly its own bytes
+      const own = await file.pread(4096, 4096);
+      expect(own.buffer.byteLength).toBe(4096);
     } finally {
       await file.close();
     }

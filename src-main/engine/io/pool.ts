@@ -88,7 +88,7 @@ const LENT_MAX = 4 << 20;
  * 7% of a backup's CPU). Reads go to whichever worker has the least to do.
  */
 export type IoRequestBody =
-  | { op: 'pread'; fd: number; position: number; length: number }
+  | { op: 'pread'; fd: number; position: number; length: number; passing?: boolean }
   | { op: 'preadv'; fd: number; segments: readonly ReadSegment[]; length: number; into?: number }
   | { op: 'pwrite'; fd: number; position: number; data: Uint8Array; home?: number }
   | { op: 'fsync'; fd: number; home?: number }
@@ -128,9 +128,10 @@ function freshBuffer(n: number): Uint8Array {
  * had an ArrayBuffer of its own before, and the garbage collector's bookkeeping of so many small
  * ArrayBuffers cost the main thread more than the rest of the read: measured, 4 KiB reads at qd16
  * through drive.readLent 3.4 → 2.6 µs of main-thread CPU per read. A chunk lives while any of its
- * views does.
+ * views does, so only reads whose bytes are passed on get one (FileHandle.preadPassing): a cached
+ * 4 KiB L2 table holding a chunk would keep 16 times its size.
  */
-const CARVE_CHUNK = 256 << 10;
+const CARVE_CHUNK = 64 << 10;
 let carveChunk = new ArrayBuffer(0);
 let carveAt = 0;
 function carvedBuffer(n: number): Uint8Array {
@@ -156,6 +157,8 @@ interface Request {
   segments?: readonly ReadSegment[];
   /** arena requests: the byte offset in the arena */
   arenaAt: number;
+  /** pread: the bytes are passed on, not kept (a carved buffer will do; FileHandle.preadPassing) */
+  passing?: boolean;
   resolve: (r: IoResult) => void;
   reject: (e: IoFailure) => void;
   /** slab region: where, and how much of the ring it used (including a skipped tail) */
@@ -396,7 +399,7 @@ class Channel {
     switch (req.op) {
       case OP_PREAD_SLAB: {
         const n = this.i32[ib + S_RESULT];
-        const out = carvedBuffer(req.length);
+        const out = req.passing ? carvedBuffer(req.length) : freshBuffer(req.length);
         out.set(this.slab.subarray(req.slabAt, req.slabAt + n));
         if (n < req.length) out.fill(0, n);
         req.resolve({ data: out });
@@ -533,6 +536,7 @@ export class IoPool implements FileOpener, MarkHost {
           req.op = body.length <= READ_SLAB_MAX ? OP_PREAD_SLAB : OP_PREAD_PORT;
           req.position = body.position;
           req.length = body.length;
+          req.passing = body.passing;
           break;
         case 'pwrite':
           if (body.data.buffer === this.arena) {
@@ -672,6 +676,11 @@ class PoolFile implements FileHandle {
   pread(position: number, length: number): Promise<Uint8Array> {
     if (length === 0) return Promise.resolve(new Uint8Array(0));
     return this.pool.run({ op: 'pread', fd: this.fd, position, length }).then(resultData, this.readFailed);
+  }
+
+  preadPassing(position: number, length: number): Promise<Uint8Array> {
+    if (length === 0) return Promise.resolve(new Uint8Array(0));
+    return this.pool.run({ op: 'pread', fd: this.fd, position, length, passing: true }).then(resultData, this.readFailed);
   }
 
   private readonly readFailed = this.fail('read');

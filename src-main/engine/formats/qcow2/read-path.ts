@@ -64,7 +64,12 @@ export class ReadPath {
   readSingleRun(offset: number, length: number, maps: readonly ClusterMapping[]): Promise<Uint8Array> | undefined {
     const m = maps[0];
     if (m.kind !== 'normal' || runEnd(maps, 0, this.cs) !== maps.length || !this.hostInside(m.host, maps.length)) return undefined;
-    return this.file.pread(m.host + (offset % this.cs), length);
+    return this.passOn(m.host + (offset % this.cs), length);
+  }
+
+  /** Guest data for the caller, who passes it on (FileHandle.preadPassing where the file has it). */
+  private passOn(position: number, length: number): Promise<Uint8Array> {
+    return this.file.preadPassing ? this.file.preadPassing(position, length) : this.file.pread(position, length);
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
@@ -84,7 +89,7 @@ export class ReadPath {
     for (const r of data) this.checkHost(r.m.host, r.count, r.first);
     const hostStart = (r: Run) => r.m.host + (r.start - r.first * cs);
     // one run covering everything: hand out the pread buffer itself
-    if (runs.length === 1 && data.length === 1) return this.file.pread(hostStart(data[0]), length);
+    if (runs.length === 1 && data.length === 1) return this.passOn(hostStart(data[0]), length);
     // several data runs: one scatter read (zeros between them), when the file can do it
     const scatter = data.length > 1 && this.file.preadv !== undefined;
     const out = scatter
