@@ -183,60 +183,42 @@ export class SharedBits implements GroupMember {
    * every guest write.
    */
   private setOwned(first: number, last: number): void {
-    const words = this.words;
     if (last < 2 ** 32 && first >>> 5 === last >>> 5) {
       // the write path's common case (a write within one word of granules), kept lean
-      const w = first >>> 5;
-      const at = w * this.stride + this.slot;
-      const width = last - first + 1;
-      const mask = width === 32 ? -1 : ((1 << width) - 1) << (first & 31);
-      const old = words[at];
-      if ((old & mask) === mask) return;
-      words[at] = old | mask;
-      this.mainCount[0] += popcount32(mask & ~old);
-      if (old === 0) this.summarizeOwned(w);
+      this.mainCount[0] += this.orOwned(first >>> 5, oneWordMask(first, last));
       return;
     }
     let added = 0;
-    for (let w = Math.floor(first / WORD), end = Math.floor(last / WORD); w <= end; w++) {
-      const mask = maskFor(w, first, last);
-      const at = this.ix(w);
-      const old = words[at];
-      // the common case for hot regions: already dirty, nothing to write
-      if ((old & mask) === mask) continue;
-      words[at] = old | mask;
-      added += popcount32(mask & ~old);
-      if (old === 0) this.summarizeOwned(w);
-    }
+    for (let w = Math.floor(first / WORD), end = Math.floor(last / WORD); w <= end; w++) added += this.orOwned(w, maskFor(w, first, last));
     this.mainCount[0] += added;
   }
 
   /**
    * setRange(first, last) in each of `members` — grouped bits of one group, so one row of words
    * holds all of theirs — on the main thread. A write's marks in a node's bitmaps of one
-   * granularity: the row is located once, and each member costs a load and a store in it.
+   * granularity: each member costs a load and a store in the same row.
    */
   static setOwnedInGroup(members: readonly SharedBits[], first: number, last: number): void {
-    const lead = members[0];
     if (!ON_MAIN_THREAD || last < first || last >= 2 ** 32 || first >>> 5 !== last >>> 5) {
       for (const m of members) m.setRange(first, last);
       return;
     }
-    lead.check(first, last);
-    const { words, stride } = lead;
+    members[0].check(first, last);
     const w = first >>> 5;
-    const row = w * stride;
-    const width = last - first + 1;
-    const mask = width === 32 ? -1 : ((1 << width) - 1) << (first & 31);
-    for (let k = 0; k < members.length; k++) {
-      const m = members[k];
-      const at = row + m.slot;
-      const old = words[at];
-      if ((old & mask) === mask) continue;
-      words[at] = old | mask;
-      m.mainCount[0] += popcount32(mask & ~old);
-      if (old === 0) m.summarizeOwned(w);
-    }
+    const mask = oneWordMask(first, last);
+    for (let k = 0; k < members.length; k++) members[k].mainCount[0] += members[k].orOwned(w, mask);
+  }
+
+  /** ORs `mask` into level-0 word `w` with plain loads and stores (its summary too); returns the bits it set. */
+  private orOwned(w: number, mask: number): number {
+    const words = this.words;
+    const at = this.ix(w);
+    const old = words[at];
+    // the common case for hot regions: already dirty, nothing to write
+    if ((old & mask) === mask) return 0;
+    words[at] = old | mask;
+    if (old === 0) this.summarizeOwned(w);
+    return popcount32(mask & ~old);
   }
 
   /** markSummary with plain loads and stores (the main thread's sets). */
@@ -494,6 +476,12 @@ export class SharedBits implements GroupMember {
   private check(first: number, last: number): void {
     if (first < 0 || last >= this.size) throw new RangeError(`bits ${first}..${last} outside 0..${this.size - 1}`);
   }
+}
+
+/** maskFor when [first, last] lies in one word. */
+function oneWordMask(first: number, last: number): number {
+  const width = last - first + 1;
+  return width === 32 ? -1 : ((1 << width) - 1) << (first & 31);
 }
 
 function maskFor(word: number, first: number, last: number): number {

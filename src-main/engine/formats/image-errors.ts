@@ -27,9 +27,19 @@ export function closedImage(path: string): TidemarkError {
   return new TidemarkError('INVALID_INPUT', `Image '${path}' is closed`);
 }
 
+/** Whether offset and length are whole, non-negative numbers (of any size). */
+function wellFormed(offset: number, length: number): boolean {
+  return Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0;
+}
+
+/** Whether a guest request is one checkRequest lets through (without building an error). */
+export function requestFits(offset: number, length: number, size: number): boolean {
+  return wellFormed(offset, length) && offset + length <= size;
+}
+
 /** Validates a guest request against the virtual size; zero-length requests are fine anywhere inside. */
 export function checkRequest(path: string, what: string, offset: number, length: number, size: number): void {
-  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+  if (!wellFormed(offset, length)) {
     throw new TidemarkError('INVALID_INPUT', `Image '${path}': invalid ${what} request (offset ${offset}, length ${length})`);
   }
   if (offset + length > size) throw outOfRange(path, what, offset, length, size);

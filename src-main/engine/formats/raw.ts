@@ -1,4 +1,4 @@
-import type { FileHandle, FileOpener, Lent } from '../io/file-handle.js';
+import { preadPassing, type FileHandle, type FileOpener, type Lent } from '../io/file-handle.js';
 import { TidemarkError } from '../../../src-shared/errors.js';
 import { actualSize } from './actual-size.js';
 import { checkRequest, closedImage, readOnlyImage } from './image-errors.js';
@@ -34,8 +34,8 @@ export class RawDriver implements BlockDriver {
   async read(offset: number, length: number): Promise<Uint8Array> {
     this.checkOpen();
     checkRequest(this.path, 'read', offset, length, this.virtualSize);
-    // guest data, passed on by the caller (FileHandle.preadPassing)
-    return this.file.preadPassing ? this.file.preadPassing(offset, length) : this.file.pread(offset, length);
+    // guest data, passed on by the caller
+    return preadPassing(this.file, offset, length);
   }
 
   async readLent(ranges: readonly { offset: number; length: number }[]): Promise<Lent | undefined> {

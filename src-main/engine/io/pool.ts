@@ -672,15 +672,18 @@ class PoolFile implements FileHandle {
     private readonly home: number,
   ) {}
 
-  /** Not async, and with its failure handler made once: small reads are the hot path. */
   pread(position: number, length: number): Promise<Uint8Array> {
-    if (length === 0) return Promise.resolve(new Uint8Array(0));
-    return this.pool.run({ op: 'pread', fd: this.fd, position, length }).then(resultData, this.readFailed);
+    return this.readOnPool(position, length, false);
   }
 
   preadPassing(position: number, length: number): Promise<Uint8Array> {
+    return this.readOnPool(position, length, true);
+  }
+
+  /** Not async, and with its failure handler made once: small reads are the hot path. */
+  private readOnPool(position: number, length: number, passing: boolean): Promise<Uint8Array> {
     if (length === 0) return Promise.resolve(new Uint8Array(0));
-    return this.pool.run({ op: 'pread', fd: this.fd, position, length, passing: true }).then(resultData, this.readFailed);
+    return this.pool.run({ op: 'pread', fd: this.fd, position, length, passing }).then(resultData, this.readFailed);
   }
 
   private readonly readFailed = this.fail('read');

@@ -2,7 +2,7 @@ import { TidemarkError } from '../../../../src-shared/errors.js';
 import type { FileHandle, Lent } from '../../io/file-handle.js';
 import { actualSize } from '../actual-size.js';
 import { Mutex, RangeLock } from '../async-lock.js';
-import { checkRequest, closedImage, readOnlyImage } from '../image-errors.js';
+import { checkRequest, closedImage, readOnlyImage, requestFits } from '../image-errors.js';
 import type { BlockDriver, BlockExtent, ImageInfo } from '../types.js';
 import { qcow2BlockStatus } from './block-status.js';
 import { ClusterMap, type EntryDecision } from './cluster-map.js';
@@ -198,7 +198,7 @@ export class Qcow2Driver implements BlockDriver {
    * third of the main thread's work per read.
    */
   private readFast(offset: number, length: number): Promise<Uint8Array> | undefined {
-    if (this.closing || length <= 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || offset + length > this.virtualSize) return undefined;
+    if (this.closing || length === 0 || !requestFits(offset, length, this.virtualSize)) return undefined;
     const cs = this.clusterSize;
     const c0 = Math.floor(offset / cs);
     const c1 = Math.floor((offset + length - 1) / cs) + 1;

@@ -1,4 +1,4 @@
-import type { FileHandle, Lent, ReadSegment } from '../../io/file-handle.js';
+import { preadPassing, type FileHandle, type Lent, type ReadSegment } from '../../io/file-handle.js';
 import { corruptImage } from '../image-errors.js';
 import type { BlockDriver } from '../types.js';
 import type { ClusterMap } from './cluster-map.js';
@@ -64,12 +64,7 @@ export class ReadPath {
   readSingleRun(offset: number, length: number, maps: readonly ClusterMapping[]): Promise<Uint8Array> | undefined {
     const m = maps[0];
     if (m.kind !== 'normal' || runEnd(maps, 0, this.cs) !== maps.length || !this.hostInside(m.host, maps.length)) return undefined;
-    return this.passOn(m.host + (offset % this.cs), length);
-  }
-
-  /** Guest data for the caller, who passes it on (FileHandle.preadPassing where the file has it). */
-  private passOn(position: number, length: number): Promise<Uint8Array> {
-    return this.file.preadPassing ? this.file.preadPassing(position, length) : this.file.pread(position, length);
+    return preadPassing(this.file, m.host + (offset % this.cs), length);
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
@@ -89,7 +84,7 @@ export class ReadPath {
     for (const r of data) this.checkHost(r.m.host, r.count, r.first);
     const hostStart = (r: Run) => r.m.host + (r.start - r.first * cs);
     // one run covering everything: hand out the pread buffer itself
-    if (runs.length === 1 && data.length === 1) return this.passOn(hostStart(data[0]), length);
+    if (runs.length === 1 && data.length === 1) return preadPassing(this.file, hostStart(data[0]), length);
     // several data runs: one scatter read (zeros between them), when the file can do it
     const scatter = data.length > 1 && this.file.preadv !== undefined;
     const out = scatter
