@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
+import { existsSync, mkdtempSync, statSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -107,6 +107,35 @@ describe('tidemark CLI', () => {
     const inPlace = tm(data, 'restore', '--drive', 'web', '--point', '1', '--in-place', '--yes');
     expect(inPlace.code, inPlace.err).toBe(0);
     expect(qemuImgCompare(points[0].file, img, 'qcow2', 'qcow2').same).toBe(true);
+  });
+
+  it('serve --nbd: the drives on an owner-only unix socket, as qemu-img and nbdinfo see them', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tm-cli-'));
+    const img = image(dir, 'nbd.qcow2');
+    const sock = join(dir, 'n.sock');
+    const server = spawn(process.execPath, [bin, '--data-dir', join(dir, 'data'), 'serve', '--no-web', '--nbd', `unix:${sock}`, '--drive', `id=d0,file=${img},format=qcow2`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      const exited = new Promise<never>((_, reject) => server.once('exit', (code) => reject(new Error(`serve exited ${code}`))));
+      const until = Date.now() + 30_000;
+      while (!existsSync(sock) && Date.now() < until) await Promise.race([exited, new Promise((r) => setTimeout(r, 50))]);
+      expect(statSync(sock).mode & 0o777).toBe(0o600);
+      const uri = `nbd+unix:///d0?socket=${sock}`;
+      // the socket listens before the drives are attached: wait for the export
+      let info = spawnSync('nbdinfo', ['--json', uri], { encoding: 'utf8' });
+      while (info.status !== 0 && Date.now() < until) {
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 50))]);
+        info = spawnSync('nbdinfo', ['--json', uri], { encoding: 'utf8' });
+      }
+      expect(info.status, info.stderr).toBe(0);
+      expect(JSON.parse(info.stdout)).toMatchObject({ exports: [{ 'export-name': 'd0', 'export-size': 32 << 20 }] });
+      // the export reads as the image does
+      expect(qemu('qemu-img', ['compare', '-U', '-f', 'raw', '-F', 'qcow2', uri, img])).toContain('Images are identical');
+    } finally {
+      server.kill('SIGTERM');
+      await new Promise((r) => server.once('exit', r));
+    }
   });
 
   it('talks to the running Tidemark that owns the data dir instead of opening files twice', async () => {
