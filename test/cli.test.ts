@@ -138,6 +138,44 @@ describe('tidemark CLI', () => {
     }
   });
 
+  it('serve --nbd tcp: --nbd-tls-psk: a loopback TCP listener that lets in only clients holding a key', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tm-cli-'));
+    const img = image(dir, 'tls.qcow2');
+    const keys = join(dir, 'keys.psk');
+    writeFileSync(keys, `alice:${'5a'.repeat(32)}\n`, { mode: 0o600 });
+    // refused at once, with the reason: no TCP listener to apply TLS to; a keys file that cannot work
+    const usage = tm(join(dir, 'data'), 'serve', '--no-web', '--nbd-tls-psk', keys);
+    expect(usage.code).toBe(2);
+    expect(usage.err).toContain('--nbd-tls-psk applies to the TCP listener');
+    writeFileSync(join(dir, 'bad.psk'), 'alice\n');
+    const bad = tm(join(dir, 'data'), 'serve', '--no-web', '--nbd', 'tcp:127.0.0.1:0', '--nbd-tls-psk', join(dir, 'bad.psk'));
+    expect(bad.code).toBe(1);
+    expect(bad.err).toContain(`${join(dir, 'bad.psk')} line 1: expected 'username:hexkey'`);
+    expect(tm(join(dir, 'data'), 'serve', '--no-web', '--nbd', 'tcp:0.0.0.0:10809').err).toContain('takes a loopback address');
+
+    const server = spawn(process.execPath, [bin, '--data-dir', join(dir, 'data'), 'serve', '--no-web', '--nbd', 'tcp:127.0.0.1:0', '--nbd-tls-psk', keys, '--drive', `id=d0,file=${img},format=qcow2`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      const address = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        server.stdout.on('data', (c: Buffer) => {
+          out += c.toString();
+          const m = /Tidemark NBD on TCP: nbds:\/\/(127\.0\.0\.1:\d+)\/<drive id> \(TLS-PSK required\)/.exec(out);
+          if (m) resolve(m[1]);
+        });
+        server.once('exit', (code) => reject(new Error(`serve exited ${code}`)));
+      });
+      const info = spawnSync('nbdinfo', ['--json', `nbds://alice@${address}/d0?tls-psk-file=${keys}`], { encoding: 'utf8' });
+      expect(info.status, info.stderr).toBe(0);
+      expect(JSON.parse(info.stdout)).toMatchObject({ protocol: 'newstyle-fixed', TLS: true, exports: [{ 'export-name': 'd0', 'export-size': 32 << 20 }] });
+      expect(spawnSync('nbdinfo', [`nbd://${address}/d0`], { encoding: 'utf8' }).status).not.toBe(0);
+    } finally {
+      server.kill('SIGTERM');
+      await new Promise((r) => server.once('exit', r));
+    }
+  });
+
   it('talks to the running Tidemark that owns the data dir instead of opening files twice', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'tm-cli-'));
     const data = join(dir, 'data');

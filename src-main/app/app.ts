@@ -15,6 +15,7 @@ import { GroupsRepo } from './catalog/groups-repo.js';
 import { JobsRepo } from './catalog/jobs-repo.js';
 import { TidemarkError } from '../../src-shared/errors.js';
 import { NbdServer } from '../engine/protocols/nbd/server.js';
+import { PskServerCredentials, resolvePskKeysPath } from '../engine/protocols/nbd/tls-psk.js';
 import { runTransaction, type TransactionAction } from '../engine/jobs/transaction.js';
 import type { RequestParams } from '../../src-shared/api/contract.js';
 import { APP_VERSION } from './version.js';
@@ -52,6 +53,46 @@ export interface AppOptions {
   log?: (message: string) => void;
   /** export every drive over NBD on this unix socket (owner-only), for VMs and tools */
   nbdSocket?: string;
+  /**
+   * also export them on TCP (loopback only; port 0 picks one). Any local user can reach a TCP
+   * port, so `tlsPskKeys` (a keys file, or a directory holding keys.psk) makes clients prove a
+   * pre-shared key first. Off unless given.
+   */
+  nbdTcp?: { host: string; port: number; tlsPskKeys?: string };
+}
+
+/**
+ * The app's NBD server, exporting every drive: on the unix socket and/or the TCP port asked for.
+ * Either listener failing is logged and the app goes on without it (e.g. a socket path beyond the
+ * 107-byte limit); undefined when neither could listen.
+ */
+async function startNbd(engine: BlockEngine, options: AppOptions): Promise<NbdServer | undefined> {
+  const nbd = new NbdServer(engine, { log: options.log });
+  const log = options.log ?? (() => {});
+  if (options.nbdSocket) {
+    await nbd.listenUnix(options.nbdSocket).catch((err: unknown) => log(`NBD export socket '${options.nbdSocket}' unavailable: ${errorMessage(err)}`));
+  }
+  const tcp = options.nbdTcp;
+  if (tcp) {
+    try {
+      let tls: PskServerCredentials | undefined;
+      if (tcp.tlsPskKeys) {
+        tls = new PskServerCredentials(await resolvePskKeysPath(tcp.tlsPskKeys));
+        // a key file that cannot be used is said at start, not at the first client
+        await tls.check();
+      }
+      await nbd.listenTcp(tcp.port, tcp.host, { tls });
+    } catch (err) {
+      log(`NBD TCP listener on ${tcp.host}:${tcp.port} unavailable: ${errorMessage(err)}`);
+    }
+  }
+  if (nbd.listenerInfo().length > 0) return nbd;
+  await nbd.close().catch(() => {});
+  return undefined;
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 /**
@@ -100,7 +141,8 @@ export class TidemarkApp {
           host: options.host,
           dataDir: options.dataDir,
           engine: { ioWorkers: this.engine.pool.size },
-          nbdSocket: this.nbd ? (options.nbdSocket ?? null) : null,
+          nbdSocket: this.nbd?.listenerInfo().find((l) => l.address.startsWith('unix:'))?.address.slice(5) ?? null,
+          nbdTcp: this.nbd?.listenerInfo().find((l) => !l.address.startsWith('unix:')) ?? null,
         }),
         'drives.list': () => this.drives.list(),
         'drives.create': (p) => this.drives.create(p),
@@ -176,17 +218,7 @@ export class TidemarkApp {
     const recovered = (await app.backups.recover()) + (await app.jobs.recover());
     if (recovered) options.log?.(`Recovered from an unclean stop: ${recovered} interrupted job(s) marked failed.`);
     await app.drives.openAll();
-    if (options.nbdSocket) {
-      const nbd = new NbdServer(app.engine, { log: options.log });
-      try {
-        await nbd.listenUnix(options.nbdSocket);
-        app.nbd = nbd;
-      } catch (err) {
-        // the app works without it (e.g. a socket path beyond the 107-byte limit): say so, go on
-        await nbd.close().catch(() => {});
-        options.log?.(`NBD export socket '${options.nbdSocket}' unavailable: ${err instanceof Error ? err.message : String(err)}`);
-      }
-    }
+    if (options.nbdSocket || options.nbdTcp) app.nbd = await startNbd(app.engine, options);
     return app;
   }
 

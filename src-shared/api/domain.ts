@@ -44,6 +44,8 @@ export const AppInfoSchema = z.object({
   engine: z.object({ ioWorkers: z.number().int().positive() }),
   /** every drive is exported over NBD here as nbd+unix:///<drive id>?socket=<path> (null: not serving) */
   nbdSocket: z.string().nullable(),
+  /** the optional TCP listener (loopback only): nbd://<address>/<drive id>, or nbds:// when it requires TLS-PSK */
+  nbdTcp: z.object({ address: z.string(), tls: z.boolean() }).nullable(),
 });
 export type AppInfo = z.infer<typeof AppInfoSchema>;
 

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -8,6 +7,7 @@ import { QmpServer } from '../../src-main/engine/protocols/qmp/server.js';
 import '../../src-main/engine/protocols/qmp/nbd-commands.js';
 import { nbdServerOf } from '../../src-main/engine/protocols/nbd/server.js';
 import { Qmp } from './helpers/qmp-client.js';
+import { withQemu, withTidemark } from './helpers/qmp-peers.js';
 import { RawNbd } from './helpers/raw-client.js';
 import { makeTempDir, nbdMap, removeDir, runOk, sleep } from './helpers/env.js';
 
@@ -112,50 +112,18 @@ async function script(q: Qmp, nodes: Record<string, string>, sockDir: string): P
 
 describe('QMP NBD commands agree with QEMU 7.2', () => {
   test('the same script, the same outcomes, texts and events', async () => {
-    // QEMU
-    const qemuDir = join(dir, 'qemu');
-    await runOk('mkdir', ['-p', qemuDir]);
-    for (const f of ['d0.qcow2', 'ro.qcow2']) await copyFile(join(dir, f), join(qemuDir, f));
-    const qmpSock = join(qemuDir, 'qmp.sock');
-    const vm = spawn('qemu-system-x86_64', [
-      '-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', `unix:${qmpSock},server=on,wait=off`,
-      '-drive', `if=none,id=drive0,file=${join(qemuDir, 'd0.qcow2')},format=qcow2`,
-      '-drive', `if=none,id=ro0,file=${join(qemuDir, 'ro.qcow2')},format=qcow2,readonly=on`,
-    ], { stdio: 'ignore' });
-    const exited = new Promise((r) => vm.once('exit', r));
-    let theirs: { steps: Step[]; maps: string[] };
-    try {
-      const q = await Qmp.open(qmpSock);
-      const blocks = (await q.execute('query-block')) as { device: string; inserted: { 'node-name': string } }[];
-      const nodes = Object.fromEntries(blocks.map((b) => [b.device, b.inserted['node-name']]));
-      theirs = await script(q, nodes, qemuDir);
-      await q.execute('quit');
-      q.close();
-    } finally {
-      if (vm.exitCode === null) setTimeout(() => vm.kill('SIGKILL'), 3000).unref();
-      await exited;
-    }
-
-    // Tidemark
-    const ourDir = join(dir, 'ours');
-    await runOk('mkdir', ['-p', ourDir]);
-    for (const f of ['d0.qcow2', 'ro.qcow2']) await copyFile(join(dir, f), join(ourDir, f));
-    const engine = new BlockEngine({ ioWorkers: 2 });
-    await engine.attach({ id: 'drive0', path: join(ourDir, 'd0.qcow2'), format: 'qcow2' });
-    await engine.attach({ id: 'ro0', path: join(ourDir, 'ro.qcow2'), format: 'qcow2', readOnly: true });
-    const server = new QmpServer(engine, { path: join(ourDir, 'qmp.sock') });
-    await server.listen();
-    let ours: { steps: Step[]; maps: string[] };
-    try {
-      const q = await Qmp.open(join(ourDir, 'qmp.sock'));
-      const blocks = (await q.execute('query-block')) as { device: string; inserted: { 'node-name': string } }[];
-      const nodes = Object.fromEntries(blocks.map((b) => [b.device, b.inserted['node-name']]));
-      ours = await script(q, nodes, ourDir);
-      q.close();
-    } finally {
-      await server.close();
-      await engine.close();
-    }
+    const peerRun = async (name: string, peer: typeof withQemu) => {
+      const d = join(dir, name);
+      await runOk('mkdir', ['-p', d]);
+      for (const f of ['d0.qcow2', 'ro.qcow2']) await copyFile(join(dir, f), join(d, f));
+      const drives = [
+        { id: 'drive0', path: join(d, 'd0.qcow2') },
+        { id: 'ro0', path: join(d, 'ro.qcow2'), readOnly: true },
+      ];
+      return peer(d, drives, (q, nodes) => script(q, nodes, d));
+    };
+    const theirs = await peerRun('qemu', withQemu);
+    const ours = await peerRun('ours', withTidemark);
     expect(ours.steps).toEqual(theirs.steps);
     expect(ours.maps).toEqual(theirs.maps);
     // the script did exercise both paths

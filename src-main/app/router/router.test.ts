@@ -17,7 +17,7 @@ const drive: DriveInfo = {
 
 function handlers(overrides: Partial<Handlers> = {}): Handlers {
   return testHandlers({
-    'app.info': async () => ({ version: '1', host: 'web', dataDir: '/d', engine: { ioWorkers: 2 }, nbdSocket: null }),
+    'app.info': async () => ({ version: '1', host: 'web', dataDir: '/d', engine: { ioWorkers: 2 }, nbdSocket: null, nbdTcp: null }),
     'drives.list': async () => [drive],
     'drives.create': async () => drive,
     'drives.add': async () => drive,

@@ -11,8 +11,11 @@ const USAGE = `Usage: tidemark [--data-dir DIR] <command> [options]
 
 Commands:
   serve [--web 127.0.0.1:PORT] [--no-web] [--qmp unix:PATH] [--nbd unix:PATH] [--drive id=ID,file=PATH,format=raw|qcow2]...
+        [--nbd tcp:127.0.0.1:PORT [--nbd-tls-psk KEYS]]
         Run the engine headless with the web console (and a QMP socket, and an NBD socket exporting
-        every drive under its id); prints the console URL.
+        every drive under its id); prints the console URL. The optional TCP listener is loopback
+        only; --nbd-tls-psk makes it require TLS with a key from KEYS (lines of username:hexkey,
+        or a directory holding keys.psk, as QEMU's tls-creds-psk).
   drives list | drives add PATH [--id ID] | drives remove ID
   bitmaps --drive ID
   backup (--drive ID | --group NAME) [--dest FOLDER] [--full | --diff]
@@ -35,7 +38,7 @@ When another Tidemark is running on the same data dir, commands are sent to it.
 
 const GLOBAL: Record<string, OptionSpec> = { 'data-dir': { value: true }, help: {}, json: {} };
 const COMMANDS: Record<string, Record<string, OptionSpec>> = {
-  serve: { web: { value: true }, 'no-web': {}, qmp: { value: true }, nbd: { value: true }, drive: { value: true, repeat: true } },
+  serve: { web: { value: true }, 'no-web': {}, qmp: { value: true }, nbd: { value: true, repeat: true }, 'nbd-tls-psk': { value: true }, drive: { value: true, repeat: true } },
   drives: { id: { value: true } },
   bitmaps: { drive: { value: true } },
   backup: { drive: { value: true }, group: { value: true }, dest: { value: true }, full: {}, diff: {} },

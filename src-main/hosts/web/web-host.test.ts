@@ -13,7 +13,7 @@ writeFileSync(join(staticDir, 'index.html'), '<!doctype html><title>t</title>');
 const bus = new EventBus();
 const router = new Router(
   testHandlers({
-    'app.info': async () => ({ version: 't', host: 'web', dataDir: '/d', engine: { ioWorkers: 2 }, nbdSocket: null }),
+    'app.info': async () => ({ version: 't', host: 'web', dataDir: '/d', engine: { ioWorkers: 2 }, nbdSocket: null, nbdTcp: null }),
     'drives.list': async () => [],
   }),
 );

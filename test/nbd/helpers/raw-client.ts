@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 
 /**
  * A deliberately small NBD client for tests, written from the protocol document independently of
@@ -7,7 +8,7 @@ import { connect, type Socket } from 'node:net';
  */
 
 export const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META: 9, SET_META: 10, EXTENDED_HEADERS: 11 };
-export const REP = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007, ERR_TOO_BIG: 0x80000009 };
+export const REP = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007, ERR_TLS_REQD: 0x80000005, ERR_TOO_BIG: 0x80000009 };
 export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 };
 export const CMDF = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16 };
 export const TF = { HAS_FLAGS: 1, READ_ONLY: 2, FLUSH: 4, FUA: 8, TRIM: 32, WRITE_ZEROES: 64, DF: 128, MULTI_CONN: 256, CACHE: 1024, FAST_ZERO: 2048 };
@@ -85,6 +86,42 @@ export class RawNbd {
       });
       s.once('error', reject);
     });
+  }
+
+  static connectTcp(port: number, host = '127.0.0.1'): Promise<RawNbd> {
+    return new Promise((resolve, reject) => {
+      const s = connect(port, host, () => {
+        s.off('error', reject);
+        resolve(new RawNbd(s));
+      });
+      s.once('error', reject);
+    });
+  }
+
+  /**
+   * Sends NBD_OPT_STARTTLS and, on ACK, runs a TLS-PSK client handshake over the connection;
+   * resolves with a client speaking through TLS (this one must not be used after). Rejects with the
+   * option's error reply, or the TLS failure.
+   */
+  async startTls(identity: string, key: Buffer, maxVersion: 'TLSv1.2' | 'TLSv1.3' = 'TLSv1.3'): Promise<RawNbd> {
+    const [r] = await this.option(OPT.STARTTLS);
+    if (r.type !== REP.ACK) throw new Error(`STARTTLS refused: 0x${r.type.toString(16)} ${r.data.toString()}`);
+    this.socket.removeAllListeners('data');
+    const t = tlsConnect({
+      socket: this.socket,
+      maxVersion,
+      ciphers: 'TLS_AES_128_GCM_SHA256:PSK-AES128-GCM-SHA256:ECDHE-PSK-AES128-CBC-SHA256',
+      checkServerIdentity: () => undefined,
+      pskCallback: () => ({ psk: key, identity }),
+    });
+    await new Promise<void>((resolve, reject) => {
+      t.once('secureConnect', () => {
+        t.off('error', reject);
+        resolve();
+      });
+      t.once('error', reject);
+    });
+    return new RawNbd(t);
   }
 
   get isClosed(): boolean {

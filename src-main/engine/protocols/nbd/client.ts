@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { Lent } from '../../io/file-handle.js';
 import {
   CHUNK_HEADER_SIZE,
@@ -45,6 +46,7 @@ import {
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_TOO_BIG,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
@@ -61,6 +63,7 @@ import {
   MAX_OPTION_DATA,
   commandName,
   optionName,
+  unexpectedLengthText,
   META_ID_ALLOCATION_DEPTH,
   META_ID_BASE_ALLOCATION,
   META_ID_DIRTY_BITMAP,
@@ -69,6 +72,7 @@ import { ByteQueue, RequestParser, StreamClosed, chunkHeader, optionReply, simpl
 import type { ExportUser, NbdExport } from './export.js';
 import { ExtentArray, allocationFlags, bitmapExtents, depthValue, parseMetaRequest, selectContexts, selectedContexts, selectionCount, statusExtents, type MetaSelection } from './meta.js';
 import { NbdCommandError, errorText, nbdErrno } from './errors.js';
+import type { PskKeys, PskServerCredentials } from './tls-psk.js';
 
 /** What a connection needs from its server. */
 export interface ClientHost {
@@ -160,32 +164,65 @@ export class NbdClient implements ExportUser {
   private inflight = 0;
   private inflightBytes = 0;
   private readingPaused = false;
-  private corked = false;
+  /** the socket corked until the end of this turn, if any */
+  private corked: Socket | undefined;
   /** no more requests are taken (DISC, shutdown, bad input) */
   private stopped = false;
   private idleWaiters: (() => void)[] = [];
   private handshakeTimer: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
-  /** resolves when the socket is closed */
+  private current!: Socket;
+  private detach: () => void = () => {};
+  private resolveClosed: () => void = () => {};
+  /** STARTTLS has succeeded: the connection is encrypted */
+  private tlsActive = false;
+  /** resolves when the connection is closed */
   readonly closed: Promise<void>;
 
   constructor(
-    readonly socket: Socket,
+    socket: Socket,
     private readonly host: ClientHost,
     private readonly limits: ClientLimits = DEFAULT_LIMITS,
+    /** when set, TLS is required: every option but NBD_OPT_STARTTLS is refused until it is on */
+    private readonly tls?: PskServerCredentials,
   ) {
-    this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
-    this.input = new ByteQueue(() => socket.resume());
+    this.current = socket;
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.input = new ByteQueue(() => this.socket.resume());
     socket.setNoDelay?.(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', () => socket.destroy());
-    socket.on('close', () => {
-      this.stopped = true;
-      this.input.close();
-      clearTimeout(this.handshakeTimer);
-      this.exp?.users.delete(this);
-    });
-    socket.on('drain', () => this.updateReading());
+    this.attach(socket);
+  }
+
+  /** The connection as it is now: the accepted socket, or the TLS socket over it after STARTTLS. */
+  get socket(): Socket {
+    return this.current;
+  }
+
+  /** Listens to a socket's events: the accepted one, and after STARTTLS the TLS socket instead. */
+  private attach(socket: Socket): void {
+    const onData = (chunk: Buffer) => this.onData(chunk);
+    const onError = () => socket.destroy();
+    const onClose = () => this.onClosed();
+    const onDrain = () => this.updateReading();
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+    socket.on('drain', onDrain);
+    this.detach = () => {
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      socket.off('drain', onDrain);
+      // the error listener stays: an unheard 'error' would take the whole process down
+    };
+  }
+
+  /** The connection has closed (idempotent). */
+  private onClosed(): void {
+    this.stopped = true;
+    this.input.close();
+    clearTimeout(this.handshakeTimer);
+    this.exp?.users.delete(this);
+    this.resolveClosed();
   }
 
   get exportName(): string | undefined {
@@ -290,11 +327,11 @@ export class NbdClient implements ExportUser {
   }
 
   private corkForTurn(s: Socket): void {
-    if (this.corked) return;
-    this.corked = true;
+    if (this.corked === s) return;
+    this.corked = s;
     s.cork();
     setImmediate(() => {
-      this.corked = false;
+      if (this.corked === s) this.corked = undefined;
       s.uncork();
     });
   }
@@ -328,6 +365,10 @@ export class NbdClient implements ExportUser {
         // plain newstyle knows no other option, and no way to refuse one
         throw new SessionEnd();
       }
+      if (this.tls && !this.tlsActive) {
+        await this.beforeTls(opt, len);
+        continue;
+      }
       if (len > MAX_OPTION_DATA) {
         if (opt === NBD_OPT_EXPORT_NAME) throw new SessionEnd();
         await this.input.skip(len);
@@ -341,6 +382,73 @@ export class NbdClient implements ExportUser {
         continue;
       }
       if (await this.handleOption(opt, data)) return;
+    }
+  }
+
+  /** While TLS is required and not yet on, only NBD_OPT_STARTTLS is served (QEMU's rules). */
+  private async beforeTls(opt: number, len: number): Promise<void> {
+    if (opt === NBD_OPT_EXPORT_NAME) {
+      // this option has no error reply: the session ends
+      this.host.log('nbd: NBD_OPT_EXPORT_NAME before TLS; disconnecting');
+      throw new SessionEnd();
+    }
+    await this.input.skip(len);
+    if (opt !== NBD_OPT_STARTTLS) {
+      this.optError(opt, NBD_REP_ERR_TLS_REQD, `Option 0x${opt.toString(16)} not permitted before TLS`);
+      if (opt === NBD_OPT_ABORT) throw new SessionEnd(true);
+      return;
+    }
+    if (len > 0) {
+      // a client that cannot start TLS correctly is not talked to further
+      this.optError(opt, NBD_REP_ERR_INVALID, unexpectedLengthText(opt));
+      throw new SessionEnd(true);
+    }
+    await this.startTls(this.tls!);
+  }
+
+  /**
+   * Answers STARTTLS and runs the TLS handshake over the connection; the handshake phase then goes
+   * on, encrypted. A failed handshake ends the connection.
+   */
+  private async startTls(creds: PskServerCredentials): Promise<void> {
+    let keys: PskKeys;
+    try {
+      keys = await creds.load();
+    } catch (err) {
+      // the client still may not proceed without TLS; it hears why it cannot have it
+      this.host.log(`nbd: STARTTLS refused: ${errorText(err)}`);
+      this.optError(NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY, 'TLS credentials are unavailable on the server');
+      return;
+    }
+    // the client must wait for the ACK before its first TLS record: bytes already here break the protocol
+    if (this.input.length > 0) {
+      this.host.log('nbd: client sent data after NBD_OPT_STARTTLS before the reply; disconnecting');
+      throw new SessionEnd();
+    }
+    const raw = this.socket;
+    // from here on what the client sends is TLS: it stays in the socket, for the TLS socket to take over
+    this.detach();
+    raw.pause();
+    if (this.corked === raw) {
+      this.corked = undefined;
+      raw.uncork();
+    }
+    let tls: TLSSocket;
+    try {
+      await new Promise<void>((resolve, reject) => raw.write(optionReply(NBD_OPT_STARTTLS, NBD_REP_ACK), (err) => (err ? reject(err) : resolve())));
+      tls = await creds.handshake(raw, keys);
+    } catch (err) {
+      this.host.log(`nbd: TLS handshake failed: ${errorText(err)}`);
+      raw.destroy();
+      this.onClosed();
+      throw new SessionEnd();
+    }
+    this.current = tls;
+    this.tlsActive = true;
+    this.attach(tls);
+    if (tls.destroyed) {
+      this.onClosed();
+      throw new SessionEnd();
     }
   }
 
@@ -382,7 +490,7 @@ export class NbdClient implements ExportUser {
         throw new SessionEnd(true);
       case NBD_OPT_LIST: {
         if (data.length) {
-          this.optError(opt, NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
+          this.optError(opt, NBD_REP_ERR_INVALID, unexpectedLengthText(opt));
           return false;
         }
         for (const exp of this.host.listExports()) {
@@ -398,14 +506,15 @@ export class NbdClient implements ExportUser {
         return false;
       }
       case NBD_OPT_STARTTLS:
-        if (data.length) this.optError(opt, NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+        if (data.length) this.optError(opt, NBD_REP_ERR_INVALID, unexpectedLengthText(opt));
+        else if (this.tlsActive) this.optError(opt, NBD_REP_ERR_INVALID, 'TLS already enabled');
         else this.optError(opt, NBD_REP_ERR_POLICY, 'TLS not configured');
         return false;
       case NBD_OPT_INFO:
       case NBD_OPT_GO:
         return this.handleInfo(opt, data);
       case NBD_OPT_STRUCTURED_REPLY:
-        if (data.length) this.optError(opt, NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+        if (data.length) this.optError(opt, NBD_REP_ERR_INVALID, unexpectedLengthText(opt));
         else if (this.structured) this.optError(opt, NBD_REP_ERR_INVALID, 'structured reply already negotiated');
         else {
           this.structured = true;

@@ -70,6 +70,12 @@ export function optionName(opt: number): string {
   return OPTION_NAMES[opt] ?? `<unknown option ${opt}>`;
 }
 
+/** QEMU's reply to an option that must carry no data but did (nbd_reject_length), in its words. */
+export function unexpectedLengthText(opt: number): string {
+  const qemuName = OPTION_NAMES[opt]?.replace('NBD_OPT_', '').toLowerCase().replaceAll('_', '-') ?? `<unknown option ${opt}>`;
+  return `option '${qemuName}' has unexpected length`;
+}
+
 // option reply types
 export const NBD_REP_ACK = 1;
 export const NBD_REP_SERVER = 2;

@@ -8,6 +8,10 @@ import { TidemarkError } from '../../../../src-shared/errors.js';
 import { NBD_MAX_STRING_SIZE } from './constants.js';
 import { DEFAULT_LIMITS, NbdClient, type ClientHost, type ClientLimits, type ClientStats } from './client.js';
 import { DriveBackend, NbdExport, type ExportConfig } from './export.js';
+import type { PskServerCredentials } from './tls-psk.js';
+
+/** The only addresses the TCP listener binds: the exports must not be reachable from the network. */
+export const LOOPBACK_HOSTS: readonly string[] = ['127.0.0.1', '::1', 'localhost'];
 
 /** A bitmap to export: a name on the exported drive, or any drive's bitmap as {node, name}. */
 export type ExportBitmapSpec = string | { node: string; name: string };
@@ -39,6 +43,17 @@ export interface NbdServerOptions {
   /** connections beyond this many are refused (0: no limit, the default) */
   maxConnections?: number;
   limits?: Partial<ClientLimits>;
+  /**
+   * This is the server QMP's nbd-server-* and block-export-* commands address (QEMU has one per
+   * process): nbd-server-start makes it. The app's own all-drives server is not, so it never
+   * stands in the way of QMP's. Default false.
+   */
+  qmp?: boolean;
+}
+
+export interface ListenOptions {
+  /** require TLS with these pre-shared keys on this listener (off by default) */
+  tls?: PskServerCredentials;
 }
 
 /** An export was deleted (QMP's BLOCK_EXPORT_DELETED). */
@@ -79,12 +94,14 @@ export function nbdServerOf(engine: BlockEngine): NbdServer | undefined {
  * per connection, many connections. Exports are drives (writes go through the Drive, so they mark
  * dirty bitmaps and trigger copy-before-write) or other backends (point-in-time exports).
  *
- * Transport: unix sockets (created owner-only) and plain TCP on loopback only. TLS
- * (NBD_OPT_STARTTLS) is not offered: STARTTLS is answered NBD_REP_ERR_POLICY; anyone who can
- * reach the socket can read and write the exported disks.
+ * Transport: unix sockets (created owner-only) and TCP on loopback only. Any listener can require
+ * TLS with pre-shared keys (NBD_OPT_STARTTLS; see tls-psk.ts): then nothing but STARTTLS is served
+ * until the client has proved it holds a key. Without TLS, anyone who can reach the listener can
+ * read and write the exported disks: for a unix socket that is its owner; for a TCP port, every
+ * local user, which is why TLS-PSK exists for it.
  */
 export class NbdServer {
-  private readonly listeners: { server: Server; path?: string }[] = [];
+  private readonly listeners: { server: Server; path?: string; tls: boolean }[] = [];
   private readonly exportMap = new Map<string, NbdExport>();
   /** exports made by exportAllDrives, by drive */
   private readonly autoExports = new Map<Drive, NbdExport>();
@@ -122,18 +139,23 @@ export class NbdServer {
 
   /** Addresses listened on: unix paths and `host:port`. */
   addresses(): string[] {
+    return this.listenerInfo().map((l) => l.address);
+  }
+
+  /** Each listener's address and whether it requires TLS. */
+  listenerInfo(): { address: string; tls: boolean }[] {
     return this.listeners.map((l) => {
-      if (l.path) return `unix:${l.path}`;
+      if (l.path) return { address: `unix:${l.path}`, tls: l.tls };
       const a = l.server.address();
-      return a && typeof a === 'object' ? `${a.address}:${a.port}` : String(a);
+      return { address: a && typeof a === 'object' ? `${a.address}:${a.port}` : String(a), tls: l.tls };
     });
   }
 
   /** Listens on a unix socket that only the owner can open (it never exists with looser permissions). */
-  async listenUnix(path: string): Promise<void> {
+  async listenUnix(path: string, options: ListenOptions = {}): Promise<void> {
     this.checkOpen();
     await unlink(path).catch(() => {});
-    const server = this.makeServer();
+    const server = this.makeServer(options.tls);
     const old = process.umask(0o177);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -147,20 +169,20 @@ export class NbdServer {
       process.umask(old);
     }
     await chmod(path, 0o600);
-    this.listeners.push({ server, path });
+    this.listeners.push({ server, path, tls: options.tls !== undefined });
     this.becomeCurrent();
   }
 
   /**
-   * Listens on plain TCP, loopback only (127.0.0.1, ::1 or localhost); there is no TLS. Port 0
-   * picks a free port. Resolves with the port.
+   * Listens on TCP, loopback only (127.0.0.1, ::1 or localhost), with TLS-PSK if `options.tls` is
+   * given. Port 0 picks a free port. Resolves with the port.
    */
-  async listenTcp(port = 10809, host = '127.0.0.1'): Promise<number> {
+  async listenTcp(port = 10809, host = '127.0.0.1', options: ListenOptions = {}): Promise<number> {
     this.checkOpen();
-    if (!['127.0.0.1', '::1', 'localhost'].includes(host)) {
-      throw new TidemarkError('INVALID_INPUT', `The NBD server listens on loopback addresses only (127.0.0.1, ::1, localhost), not '${host}': it offers no TLS.`);
+    if (!LOOPBACK_HOSTS.includes(host)) {
+      throw new TidemarkError('INVALID_INPUT', `The NBD server listens on loopback addresses only (127.0.0.1, ::1, localhost), not '${host}'.`);
     }
-    const server = this.makeServer();
+    const server = this.makeServer(options.tls);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, host, () => {
@@ -168,7 +190,7 @@ export class NbdServer {
         resolve();
       });
     });
-    this.listeners.push({ server });
+    this.listeners.push({ server, tls: options.tls !== undefined });
     this.becomeCurrent();
     const a = server.address();
     return a && typeof a === 'object' ? a.port : port;
@@ -283,6 +305,7 @@ export class NbdServer {
   }
 
   private becomeCurrent(): void {
+    if (!this.options.qmp) return;
     const st = stateOf(this.engine);
     st.current ??= this;
   }
@@ -338,8 +361,9 @@ export class NbdServer {
     if (!first) return;
     for (const [d, e] of this.autoExports) if (e === exp) this.autoExports.delete(d);
     // QMP's BLOCK_EXPORT_DELETED (the engine's event channel reaches every QMP client); like
-    // QEMU, it goes out before the reply of the command that removed the export
-    this.engine.jobs.sink('BLOCK_EXPORT_DELETED', { id: exp.id });
+    // QEMU, it goes out before the reply of the command that removed the export. Only for QMP's
+    // own server: QMP never heard of the app's exports.
+    if (this.options.qmp) this.engine.jobs.sink('BLOCK_EXPORT_DELETED', { id: exp.id });
     for (const l of this.deletedListeners) {
       try {
         l(exp);
@@ -369,19 +393,19 @@ export class NbdServer {
     this.autoExports.set(drive, exp);
   }
 
-  private makeServer(): Server {
-    const server = createServer((socket: Socket) => this.accept(socket));
+  private makeServer(tls: PskServerCredentials | undefined): Server {
+    const server = createServer((socket: Socket) => this.accept(socket, tls));
     server.on('error', (err) => this.log(`nbd: listener error: ${err.message}`));
     return server;
   }
 
-  private accept(socket: Socket): void {
+  private accept(socket: Socket, tls: PskServerCredentials | undefined): void {
     const max = this.options.maxConnections ?? 0;
     if (this.closing || (max > 0 && this.clients.size >= max)) {
       socket.destroy();
       return;
     }
-    const client = new NbdClient(socket, this.host, this.limits);
+    const client = new NbdClient(socket, this.host, this.limits, tls);
     this.clients.add(client);
     void client.closed.then(() => this.clients.delete(client));
     client.start();

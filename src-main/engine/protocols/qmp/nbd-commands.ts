@@ -3,7 +3,8 @@ import { registerCommand } from './commands.js';
 import { checkArgs } from './args.js';
 import { generic } from './errors.js';
 import type { BlockEngine } from '../../engine.js';
-import { NbdServer, nbdServerOf, type ExportBitmapSpec } from '../nbd/server.js';
+import { LOOPBACK_HOSTS, NbdServer, nbdServerOf, type ExportBitmapSpec } from '../nbd/server.js';
+import { serverTlsCreds } from './object-commands.js';
 import type { NbdExport } from '../nbd/export.js';
 
 // QEMU's NBD export commands (qapi/block-export.json): nbd-server-start/stop, block-export-add/del,
@@ -20,7 +21,7 @@ function running(engine: BlockEngine): NbdServer {
 
 /**
  * SocketAddressLegacy (`{type, data: {...}}`) or the flat SocketAddress (`{type, path}`). Unix
- * sockets, and TCP on loopback only (no TLS is offered).
+ * sockets, and TCP on loopback only (with or without TLS: the exports stay off the network).
  */
 function parseAddr(raw: unknown): { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number } {
   const addr = checkArgs({ type: { type: 'str', enum: ['unix', 'inet', 'vsock', 'fd'] }, data: { type: 'object', optional: true }, path: { type: 'str', optional: true }, host: { type: 'str', optional: true }, port: { type: 'any', optional: true } }, raw, 'addr.');
@@ -34,8 +35,8 @@ function parseAddr(raw: unknown): { kind: 'unix'; path: string } | { kind: 'tcp'
     const host = typeof body.host === 'string' ? body.host : '';
     const portText = typeof body.port === 'number' ? String(body.port) : body.port;
     if (typeof portText !== 'string' || !/^\d{1,5}$/.test(portText) || Number(portText) > 65535) throw generic(`Parameter 'addr.data.port' expects a port number`);
-    if (!['127.0.0.1', 'localhost', '::1'].includes(host)) {
-      throw generic(`The NBD server listens on loopback only (127.0.0.1, ::1, localhost): it offers no TLS, so '${host}' is refused`);
+    if (!LOOPBACK_HOSTS.includes(host)) {
+      throw generic(`The NBD server listens on loopback only (127.0.0.1, ::1, localhost), so '${host}' is refused`);
     }
     return { kind: 'tcp', host, port: Number(portText) };
   }
@@ -51,14 +52,16 @@ registerCommand('nbd-server-start', {
   },
   async run(a, ctx) {
     const addr = parseAddr(a.addr);
-    if (a['tls-creds'] !== undefined) throw generic(`No TLS credentials with id '${String(a['tls-creds'])}'`);
-    if (a['tls-authz'] !== undefined) throw generic("'tls-authz' is not allowed without 'tls-creds'");
     const existing = nbdServerOf(ctx.engine);
     if (existing && existing.running) throw generic('NBD server already running');
-    const server = new NbdServer(ctx.engine, { exportAllDrives: false, maxConnections: (a['max-connections'] as number | undefined) ?? 0, log: ctx.log });
+    const tls = a['tls-creds'] === undefined ? undefined : serverTlsCreds(ctx.engine, a['tls-creds'] as string);
+    // QEMU 7.2 takes tls-authz without tls-creds and then has nothing to apply it to; with TLS
+    // it would check each client's username against an authz object, which Tidemark has none of
+    if (tls && a['tls-authz'] !== undefined) throw generic("Tidemark has no authorization objects: 'tls-authz' is not supported (every username in the keys file is let in)");
+    const server = new NbdServer(ctx.engine, { qmp: true, exportAllDrives: false, maxConnections: (a['max-connections'] as number | undefined) ?? 0, log: ctx.log });
     try {
-      if (addr.kind === 'unix') await server.listenUnix(addr.path);
-      else await server.listenTcp(addr.port, addr.host);
+      if (addr.kind === 'unix') await server.listenUnix(addr.path, { tls });
+      else await server.listenTcp(addr.port, addr.host, { tls });
     } catch (err) {
       await server.close();
       throw generic(`Failed to start the NBD server: ${err instanceof Error ? err.message : String(err)}`);

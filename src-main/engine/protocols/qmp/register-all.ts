@@ -2,4 +2,5 @@
 import './commands.js';
 import './bitmap-commands.js';
 import './job-commands.js';
+import './object-commands.js';
 import './nbd-commands.js';
