@@ -21,8 +21,8 @@ function parseUnix(text: string, option: string): string {
  * `--nbd unix:PATH` and/or `--nbd tcp:127.0.0.1:PORT` (loopback only; port 0 picks one), and
  * `--nbd-tls-psk KEYS` to require TLS-PSK on the TCP listener.
  */
-function parseNbd(values: string[], tlsPskKeys: string | undefined): { unix?: string; tcp?: { host: string; port: number; tlsPskKeys?: string } } {
-  const out: { unix?: string; tcp?: { host: string; port: number; tlsPskKeys?: string } } = {};
+function parseNbd(values: string[], tlsPskKeys: string | undefined): { unix?: string; tcp?: NonNullable<AppOptions['nbdTcp']> } {
+  const out: ReturnType<typeof parseNbd> = {};
   for (const text of values) {
     if (text.startsWith('tcp:')) {
       const m = /^tcp:(127\.0\.0\.1|localhost|\[::1\]):(\d{1,5})$/.exec(text);

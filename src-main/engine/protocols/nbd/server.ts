@@ -147,7 +147,8 @@ export class NbdServer {
     return this.listeners.map((l) => {
       if (l.path) return { address: `unix:${l.path}`, tls: l.tls };
       const a = l.server.address();
-      return { address: a && typeof a === 'object' ? `${a.address}:${a.port}` : String(a), tls: l.tls };
+      if (!a || typeof a !== 'object') return { address: String(a), tls: l.tls };
+      return { address: a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`, tls: l.tls };
     });
   }
 
