@@ -11,7 +11,9 @@
 //   - seq read 4 connections: the same with --connections=4 (Tidemark advertises multi-conn;
 //     qemu-nbd is started with --shared=4 on a read-only view, where QEMU advertises it too);
 //   - rand write / rand read 4K: qemu-img bench -f raw nbd+unix://… -s 4096 -d 16, offsets
-//     k·4096·104729 mod size (every 4 KiB slot at most once), into the written image.
+//     k·4096·104729 mod size (every 4 KiB slot at most once), into the written image;
+//   - seq read over TLS-PSK: the 1-connection read on a socket that requires TLS with a
+//     pre-shared key (nbds+unix://, libnbd's GnuTLS against Node's OpenSSL or qemu-nbd's GnuTLS).
 // Rounds alternate which side goes first; the best of the rounds is kept (other load on a shared
 // machine only ever adds time). The short cases — the reads, and the random writes, which only
 // overwrite what the sequential write filled — take 0.3-0.5 s each and vary most from run to run
@@ -21,7 +23,7 @@
 // Needs dist/main (node scripts/build.mjs --main-only). The NBD server comes from
 // dist/main/engine.mjs when it exports NbdServer; otherwise it is bundled from the sources here.
 import { spawn } from 'node:child_process';
-import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,14 +39,14 @@ async function loadEngine(scratch) {
   const dist = join(root, 'dist/main/engine.mjs');
   if (!existsSync(dist)) throw new Error('dist/main/engine.mjs is missing: run `node scripts/build.mjs --main-only` first');
   const mod = await import(dist);
-  if (mod.NbdServer) return { BlockEngine: mod.BlockEngine, NbdServer: mod.NbdServer, source: 'dist/main/engine.mjs' };
+  if (mod.NbdServer && mod.PskServerCredentials) return { BlockEngine: mod.BlockEngine, NbdServer: mod.NbdServer, PskServerCredentials: mod.PskServerCredentials, source: 'dist/main/engine.mjs' };
   // not exported (yet): bundle engine + server from the sources, with the I/O worker beside the bundle
   const { build } = await import('esbuild');
   const out = join(scratch, 'bundle');
   mkdirSync(out, { recursive: true });
   await build({
     stdin: {
-      contents: `export { BlockEngine } from ${JSON.stringify(join(root, 'src-main/engine/engine.ts'))};\nexport { NbdServer } from ${JSON.stringify(join(root, 'src-main/engine/protocols/nbd/server.ts'))};`,
+      contents: `export { BlockEngine, NbdServer, PskServerCredentials } from ${JSON.stringify(join(root, 'src-main/engine/index.ts'))};`,
       resolveDir: root,
       loader: 'ts',
     },
@@ -58,7 +60,7 @@ async function loadEngine(scratch) {
   });
   copyFileSync(join(root, 'dist/main/io-worker.mjs'), join(out, 'io-worker.mjs'));
   const m = await import(join(out, 'engine-nbd.mjs'));
-  return { BlockEngine: m.BlockEngine, NbdServer: m.NbdServer, source: 'sources (bundled for this run)' };
+  return { BlockEngine: m.BlockEngine, NbdServer: m.NbdServer, PskServerCredentials: m.PskServerCredentials, source: 'sources (bundled for this run)' };
 }
 
 /** A file of non-zero data (a 1 MiB random block, varied per MiB so nothing dedups or looks sparse). */
@@ -90,6 +92,7 @@ async function startQemuNbd(dir, args, name) {
   }
   if (!existsSync(sock)) throw new Error(`qemu-nbd did not start: ${err}`);
   return {
+    sock,
     uri: (exp = '') => `nbd+unix:///${exp}?socket=${sock}`,
     async stop() {
       if (child.exitCode === null) child.kill('SIGTERM');
@@ -125,7 +128,7 @@ function qemuImgBenchRepeated(uri, options) {
 export async function run({ dir, reps = 3 }) {
   const size = quick ? 256 * MiB : GiB;
   const randCount = quick ? 10000 : 20000;
-  const { BlockEngine, NbdServer, source } = await loadEngine(dir);
+  const { BlockEngine, NbdServer, PskServerCredentials, source } = await loadEngine(dir);
   log(`nbd: ${size / MiB} MiB qcow2 images, ${randCount} random 4 KiB requests at queue depth 16, best of ${reps} rounds (short cases ${REPEATS} times per round); server from ${source}`);
   const src = join(dir, 'source.raw');
   makeSource(src, size);
@@ -136,6 +139,7 @@ export async function run({ dir, reps = 3 }) {
     { id: 'seqr4', label: 'seq read (nbdcopy, 4 conns, read-only)', bytes: size },
     { id: 'rw', label: 'rand write 4K qd16 (qemu-img bench)', bytes: randCount * 4 * KiB },
     { id: 'rr', label: 'rand read 4K qd16 (qemu-img bench)', bytes: randCount * 4 * KiB },
+    { id: 'seqrtls', label: 'seq read over TLS-PSK (nbdcopy, 1 conn)', bytes: size },
   ];
   const results = Object.fromEntries(cases.map((c) => [c.id, { tidemark: [], qemu: [] }]));
   let verified = true;
@@ -145,6 +149,13 @@ export async function run({ dir, reps = 3 }) {
   const tsock = join(dir, 'tidemark.sock');
   await server.listenUnix(tsock);
   const turi = (name) => `nbd+unix:///${name}?socket=${tsock}`;
+  // TLS-PSK: one key, QEMU's credentials directory for both servers, libnbd's key file for the client
+  const pskDir = join(dir, 'psk');
+  mkdirSync(pskDir, { recursive: true });
+  writeFileSync(join(pskDir, 'keys.psk'), `bench:${'a5'.repeat(32)}\n`, { mode: 0o600 });
+  const tlsSock = join(dir, 'tidemark-tls.sock');
+  await server.listenUnix(tlsSock, { tls: new PskServerCredentials(join(pskDir, 'keys.psk')) });
+  const tlsUri = (sock) => `nbds+unix://bench@/bench?socket=${sock}&tls-psk-file=${join(pskDir, 'keys.psk')}`;
   try {
     for (let r = 0; r < reps; r++) {
       const order = r % 2 === 0 ? ['tidemark', 'qemu'] : ['qemu', 'tidemark'];
@@ -163,6 +174,7 @@ export async function run({ dir, reps = 3 }) {
           // the read-only view (multi-conn either way)
           server.addExport({ name: 'bench', driveId: 'bench', writable: false });
           t.seqr4 = await nbdcopyReads(turi('bench'), 4);
+          t.seqrtls = await nbdcopyReads(tlsUri(tlsSock), 1);
           await server.removeExport('bench');
           await engine.detach('bench');
         } else {
@@ -180,6 +192,12 @@ export async function run({ dir, reps = 3 }) {
             t.seqr4 = await nbdcopyReads(ro.uri('bench'), 4);
           } finally {
             await ro.stop();
+          }
+          const tls = await startQemuNbd(dir, ['-r', '--object', `tls-creds-psk,id=tls0,dir=${pskDir},endpoint=server`, '--tls-creds', 'tls0', '-f', 'qcow2', '--cache=writeback', '-x', 'bench', img], 'qemu-tls');
+          try {
+            t.seqrtls = await nbdcopyReads(tlsUri(tls.sock), 1);
+          } finally {
+            await tls.stop();
           }
         }
         for (const [id, ms] of Object.entries(t)) results[id][side].push(ms);

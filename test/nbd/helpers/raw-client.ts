@@ -103,14 +103,14 @@ export class RawNbd {
    * resolves with a client speaking through TLS (this one must not be used after). Rejects with the
    * option's error reply, or the TLS failure.
    */
-  async startTls(identity: string, key: Buffer, maxVersion: 'TLSv1.2' | 'TLSv1.3' = 'TLSv1.3'): Promise<RawNbd> {
+  async startTls(identity: string, key: Buffer, maxVersion: 'TLSv1.2' | 'TLSv1.3' = 'TLSv1.3', ciphers = 'TLS_AES_128_GCM_SHA256:PSK-AES128-GCM-SHA256:ECDHE-PSK-AES128-CBC-SHA256'): Promise<RawNbd> {
     const [r] = await this.option(OPT.STARTTLS);
     if (r.type !== REP.ACK) throw new Error(`STARTTLS refused: 0x${r.type.toString(16)} ${r.data.toString()}`);
     this.socket.removeAllListeners('data');
     const t = tlsConnect({
       socket: this.socket,
       maxVersion,
-      ciphers: 'TLS_AES_128_GCM_SHA256:PSK-AES128-GCM-SHA256:ECDHE-PSK-AES128-CBC-SHA256',
+      ciphers,
       checkServerIdentity: () => undefined,
       pskCallback: () => ({ psk: key, identity }),
     });

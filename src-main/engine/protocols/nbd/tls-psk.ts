@@ -22,16 +22,19 @@ const MAX_KEY_BYTES = 256;
 /**
  * Both TLS 1.3 (whose old-style PSK callbacks OpenSSL serves with SHA-256 suites) and the TLS 1.2
  * PSK suites GnuTLS offers by default with `+ECDHE-PSK:+DHE-PSK:+PSK` (QEMU's PSK priority). No
- * certificate suites: PSK is the only way in.
+ * certificate suites: PSK is the only way in. The server's order decides: AES-GCM first, which
+ * AES-NI makes the fastest (GnuTLS clients list ChaCha20 first; measured with nbdcopy, 1 GiB
+ * over one connection: ChaCha20 ~250 MiB/s, AES-128-GCM see the NBD README); in TLS 1.2 the
+ * forward-secret ECDHE suites before plain PSK.
  */
 const PSK_CIPHERS = [
   'TLS_AES_128_GCM_SHA256',
   'TLS_CHACHA20_POLY1305_SHA256',
   'ECDHE-PSK-CHACHA20-POLY1305',
-  'ECDHE-PSK-AES256-CBC-SHA384',
   'ECDHE-PSK-AES128-CBC-SHA256',
-  'PSK-AES256-GCM-SHA384',
+  'ECDHE-PSK-AES256-CBC-SHA384',
   'PSK-AES128-GCM-SHA256',
+  'PSK-AES256-GCM-SHA384',
   'PSK-CHACHA20-POLY1305',
 ].join(':');
 
@@ -84,12 +87,12 @@ export class PskServerCredentials {
   private readonly context: SecureContext;
 
   constructor(readonly keysPath: string) {
-    this.context = createSecureContext({ ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2' });
+    this.context = createSecureContext({ ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2', honorCipherOrder: true });
   }
 
   /** Checks now that the file reads and parses (for configurations that should fail at start, not at the first client). */
   async check(): Promise<void> {
-    await readPskKeys(this.keysPath);
+    await this.load();
   }
 
   /** The keys as they are now (read for every STARTTLS). */

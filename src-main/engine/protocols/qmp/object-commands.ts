@@ -1,7 +1,7 @@
 import { access, constants as fsConstants } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { registerCommand } from './commands.js';
-import { checkArgs } from './args.js';
+import type { ArgSpec } from './args.js';
 import { generic } from './errors.js';
 import type { BlockEngine } from '../../engine.js';
 import { PSK_KEYS_FILE_NAME, PskServerCredentials, readPskKeys } from '../nbd/tls-psk.js';
@@ -44,7 +44,7 @@ const PSK_PROPERTIES = {
   username: { type: 'str', optional: true },
   'verify-peer': { type: 'bool', optional: true },
   priority: { type: 'str', optional: true },
-} as const;
+} satisfies ArgSpec;
 
 async function createPsk(a: Record<string, unknown>): Promise<TlsCredsPsk> {
   const id = a.id as string;
@@ -80,10 +80,9 @@ function errnoText(err: unknown): string {
 }
 
 registerCommand('object-add', {
-  // the properties depend on qom-type, so they are checked below
-  args: { 'qom-type': { type: 'str' }, id: { type: 'str' }, dir: { type: 'any', optional: true }, endpoint: { type: 'any', optional: true }, username: { type: 'any', optional: true }, 'verify-peer': { type: 'any', optional: true }, priority: { type: 'any', optional: true } },
-  async run(raw, ctx) {
-    const a = checkArgs(PSK_PROPERTIES, raw);
+  // the one type there is decides the properties
+  args: PSK_PROPERTIES,
+  async run(a, ctx) {
     const id = a.id as string;
     if (!ID.test(id)) throw generic("Parameter 'id' expects an identifier");
     const objects = qmpObjects(ctx.engine);
