@@ -152,6 +152,22 @@ describe('tidemark CLI', () => {
     expect(bad.code).toBe(1);
     expect(bad.err).toContain(`${join(dir, 'bad.psk')} line 1: expected 'username:hexkey'`);
     expect(tm(join(dir, 'data'), 'serve', '--no-web', '--nbd', 'tcp:0.0.0.0:10809').err).toContain('takes a loopback address');
+    // without a keys file TCP is plain, and serve says what that means
+    const plainServe = spawn(process.execPath, [bin, '--data-dir', join(dir, 'plain'), 'serve', '--no-web', '--nbd', 'tcp:127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      const warning = await new Promise<string>((resolve, reject) => {
+        let err = '';
+        plainServe.stderr.on('data', (c: Buffer) => {
+          err += c.toString();
+          if (err.includes('\n')) resolve(err);
+        });
+        plainServe.once('exit', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
+      });
+      expect(warning).toMatch(/Warning: NBD on TCP 127\.0\.0\.1:\d+ without TLS: every local user can read and write the drives/);
+    } finally {
+      plainServe.kill('SIGTERM');
+      await new Promise((r) => plainServe.once('exit', r));
+    }
 
     const server = spawn(process.execPath, [bin, '--data-dir', join(dir, 'data'), 'serve', '--no-web', '--nbd', 'tcp:127.0.0.1:0', '--nbd-tls-psk', keys, '--drive', `id=d0,file=${img},format=qcow2`], {
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -82,6 +82,7 @@ export async function serve(args: ParsedArgs, dataDir: string, start: (o: AppOpt
     if (nbd.tcp && !tcpAddress) throw new TidemarkError('IO_ERROR', `Could not listen for NBD on ${nbd.tcp.host}:${nbd.tcp.port} (see the message above).`);
     for (const d of drives) await app.drives.attachSessionDrive(d.id, d.file, d.format, d.discard);
     // said once the drives are exported, so a client that reads it finds them
+    if (tcpAddress && !nbd.tcp?.tlsPskKeys) log(`Warning: NBD on TCP ${tcpAddress} without TLS: every local user can read and write the drives. Add --nbd-tls-psk KEYS to require a key.`);
     if (tcpAddress) process.stdout.write(`Tidemark NBD on TCP: ${nbd.tcp?.tlsPskKeys ? 'nbds' : 'nbd'}://${tcpAddress}/<drive id>${nbd.tcp?.tlsPskKeys ? ' (TLS-PSK required)' : ''}\n`);
     if (qmpPath) {
       qmp = new QmpServer(app.engine, { path: qmpPath, log, onQuit: () => stop() });
