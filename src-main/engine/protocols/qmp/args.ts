@@ -58,4 +58,7 @@ export function checkArgs(spec: ArgSpec, raw: unknown, prefix = ''): Record<stri
   return args;
 }
 
+/** QEMU's id_wellformed (object, export and job ids): a letter, then letters, digits, '-', '.', '_'. */
+export const QEMU_ID = /^[A-Za-z][A-Za-z0-9._-]*$/;
+
 export { QmpError };

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { registerCommand } from './commands.js';
-import { checkArgs } from './args.js';
+import { QEMU_ID, checkArgs } from './args.js';
 import { generic } from './errors.js';
 import type { BlockEngine } from '../../engine.js';
 import { LOOPBACK_HOSTS, NbdServer, nbdServerOf, type ExportBitmapSpec } from '../nbd/server.js';
@@ -11,7 +11,6 @@ import type { NbdExport } from '../nbd/export.js';
 // query-block-exports, and the deprecated nbd-server-add/remove, with QEMU's argument shapes and
 // refusals. The server is the engine's one NBD server (QEMU has one per process).
 
-const ID = /^[A-Za-z][A-Za-z0-9._-]*$/;
 
 function running(engine: BlockEngine): NbdServer {
   const s = nbdServerOf(engine);
@@ -126,7 +125,7 @@ registerCommand('block-export-add', {
   async run(a, ctx) {
     // QEMU's order: the id, the node, writability, then the NBD server and the export itself
     const id = a.id as string;
-    if (!ID.test(id)) throw generic('Invalid block export id');
+    if (!QEMU_ID.test(id)) throw generic('Invalid block export id');
     if (nbdServerOf(ctx.engine)?.findExportById(id)) throw generic(`Block export id '${id}' is already in use`);
     if (a.iothread !== undefined) throw generic(`Cannot find iothread '${String(a.iothread)}'`);
     const nodeName = a['node-name'] as string;

@@ -1,7 +1,7 @@
 import { access, constants as fsConstants } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { registerCommand } from './commands.js';
-import type { ArgSpec } from './args.js';
+import { QEMU_ID, type ArgSpec } from './args.js';
 import { generic } from './errors.js';
 import type { BlockEngine } from '../../engine.js';
 import { PSK_KEYS_FILE_NAME, PskServerCredentials, readPskKeys } from '../nbd/tls-psk.js';
@@ -33,8 +33,6 @@ export function qmpObjects(engine: BlockEngine): Map<string, QmpObject> {
   return m;
 }
 
-/** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
-const ID = /^[A-Za-z][A-Za-z0-9._-]*$/;
 
 const PSK_PROPERTIES = {
   'qom-type': { type: 'str', enum: ['tls-creds-psk'] },
@@ -84,7 +82,7 @@ registerCommand('object-add', {
   args: PSK_PROPERTIES,
   async run(a, ctx) {
     const id = a.id as string;
-    if (!ID.test(id)) throw generic("Parameter 'id' expects an identifier");
+    if (!QEMU_ID.test(id)) throw generic("Parameter 'id' expects an identifier");
     const objects = qmpObjects(ctx.engine);
     if (objects.has(id)) throw generic(`attempt to add duplicate property '${id}' to object (type 'container')`);
     const obj = await createPsk(a);
