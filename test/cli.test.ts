@@ -15,6 +15,30 @@ function tm(dataDir: string, ...args: string[]): { code: number; out: string; er
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
 
+/**
+ * Runs `tidemark ARGS` (a serve) while `fn` runs: waits until `pattern` matches what it has
+ * printed on `stream`, hands the match to `fn`, then stops the server.
+ */
+async function whileServing<T>(args: string[], stream: 'stdout' | 'stderr', pattern: RegExp, fn: (match: RegExpExecArray) => T | Promise<T>): Promise<T> {
+  const server = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise((r) => server.once('exit', r));
+  try {
+    const match = await new Promise<RegExpExecArray>((resolve, reject) => {
+      let text = '';
+      server[stream].on('data', (c: Buffer) => {
+        text += c.toString();
+        const m = pattern.exec(text);
+        if (m) resolve(m);
+      });
+      server.once('exit', (code) => reject(new Error(`serve exited ${code}: ${text}`)));
+    });
+    return await fn(match);
+  } finally {
+    server.kill('SIGTERM');
+    await exited;
+  }
+}
+
 function image(dir: string, name: string): string {
   const p = join(dir, name);
   qemu('qemu-img', ['create', '-f', 'qcow2', p, '32M']);
@@ -153,55 +177,24 @@ describe('tidemark CLI', () => {
     expect(bad.err).toContain(`${join(dir, 'bad.psk')} line 1: expected 'username:hexkey'`);
     expect(tm(join(dir, 'data'), 'serve', '--no-web', '--nbd', 'tcp:0.0.0.0:10809').err).toContain('takes a loopback address');
     // without a keys file TCP is plain, and serve says what that means
-    const plainServe = spawn(process.execPath, [bin, '--data-dir', join(dir, 'plain'), 'serve', '--no-web', '--nbd', 'tcp:127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    try {
-      const warning = await new Promise<string>((resolve, reject) => {
-        let err = '';
-        plainServe.stderr.on('data', (c: Buffer) => {
-          err += c.toString();
-          if (err.includes('\n')) resolve(err);
-        });
-        plainServe.once('exit', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-      });
+    await whileServing(['--data-dir', join(dir, 'plain'), 'serve', '--no-web', '--nbd', 'tcp:127.0.0.1:0'], 'stderr', /^.*\n/, ([warning]) => {
       expect(warning).toMatch(/Warning: NBD on TCP 127\.0\.0\.1:\d+ without TLS: every local user can read and write the drives/);
-    } finally {
-      plainServe.kill('SIGTERM');
-      await new Promise((r) => plainServe.once('exit', r));
-    }
-
-    const server = spawn(process.execPath, [bin, '--data-dir', join(dir, 'data'), 'serve', '--no-web', '--nbd', 'tcp:127.0.0.1:0', '--nbd-tls-psk', keys, '--drive', `id=d0,file=${img},format=qcow2`], {
-      stdio: ['ignore', 'pipe', 'pipe'],
     });
-    try {
-      const address = await new Promise<string>((resolve, reject) => {
-        let out = '';
-        server.stdout.on('data', (c: Buffer) => {
-          out += c.toString();
-          const m = /Tidemark NBD on TCP: nbds:\/\/(127\.0\.0\.1:\d+)\/<drive id> \(TLS-PSK required\)/.exec(out);
-          if (m) resolve(m[1]);
-        });
-        server.once('exit', (code) => reject(new Error(`serve exited ${code}`)));
-      });
+
+    const serveTls = ['--data-dir', join(dir, 'data'), 'serve', '--no-web', '--nbd', 'tcp:127.0.0.1:0', '--nbd-tls-psk', keys, '--drive', `id=d0,file=${img},format=qcow2`];
+    await whileServing(serveTls, 'stdout', /Tidemark NBD on TCP: nbds:\/\/(127\.0\.0\.1:\d+)\/<drive id> \(TLS-PSK required\)/, ([, address]) => {
       const info = spawnSync('nbdinfo', ['--json', `nbds://alice@${address}/d0?tls-psk-file=${keys}`], { encoding: 'utf8' });
       expect(info.status, info.stderr).toBe(0);
       expect(JSON.parse(info.stdout)).toMatchObject({ protocol: 'newstyle-fixed', TLS: true, exports: [{ 'export-name': 'd0', 'export-size': 32 << 20 }] });
       expect(spawnSync('nbdinfo', [`nbd://${address}/d0`], { encoding: 'utf8' }).status).not.toBe(0);
-    } finally {
-      server.kill('SIGTERM');
-      await new Promise((r) => server.once('exit', r));
-    }
+    });
   });
 
   it('talks to the running Tidemark that owns the data dir instead of opening files twice', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'tm-cli-'));
     const data = join(dir, 'data');
     const img = image(dir, 'db.qcow2');
-    const server = spawn(process.execPath, [bin, '--data-dir', data, 'serve', '--web', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.stdout.on('data', (c: Buffer) => c.toString().includes('token=') && resolve());
-        server.once('exit', (code) => reject(new Error(`serve exited ${code}`)));
-      });
+    await whileServing(['--data-dir', data, 'serve', '--web', '127.0.0.1:0'], 'stdout', /token=/, () => {
       const added = tm(data, 'drives', 'add', img, '--id', 'db');
       expect(added.code, added.err).toBe(0);
       writeFileSync(join(dir, 'marker'), '');
@@ -210,9 +203,6 @@ describe('tidemark CLI', () => {
       expect(listed.map((d: { id: string }) => d.id)).toEqual(['db']);
       const b = tm(data, 'backup', '--drive', 'db', '--dest', join(dir, 'bk'));
       expect(b.code, b.err).toBe(0);
-    } finally {
-      server.kill('SIGTERM');
-      await new Promise((r) => server.once('exit', r));
-    }
+    });
   });
 });

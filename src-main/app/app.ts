@@ -16,6 +16,7 @@ import { JobsRepo } from './catalog/jobs-repo.js';
 import { TidemarkError } from '../../src-shared/errors.js';
 import { NbdServer } from '../engine/protocols/nbd/server.js';
 import { PskServerCredentials, resolvePskKeysPath } from '../engine/protocols/nbd/tls-psk.js';
+import { errorText } from '../engine/protocols/nbd/errors.js';
 import { runTransaction, type TransactionAction } from '../engine/jobs/transaction.js';
 import type { RequestParams } from '../../src-shared/api/contract.js';
 import { APP_VERSION } from './version.js';
@@ -70,7 +71,7 @@ async function startNbd(engine: BlockEngine, options: AppOptions): Promise<NbdSe
   const nbd = new NbdServer(engine, { log: options.log });
   const log = options.log ?? (() => {});
   if (options.nbdSocket) {
-    await nbd.listenUnix(options.nbdSocket).catch((err: unknown) => log(`NBD export socket '${options.nbdSocket}' unavailable: ${errorMessage(err)}`));
+    await nbd.listenUnix(options.nbdSocket).catch((err: unknown) => log(`NBD export socket '${options.nbdSocket}' unavailable: ${errorText(err)}`));
   }
   const tcp = options.nbdTcp;
   if (tcp) {
@@ -79,20 +80,16 @@ async function startNbd(engine: BlockEngine, options: AppOptions): Promise<NbdSe
       if (tcp.tlsPskKeys) {
         tls = new PskServerCredentials(await resolvePskKeysPath(tcp.tlsPskKeys));
         // a key file that cannot be used is said at start, not at the first client
-        await tls.check();
+        await tls.load();
       }
       await nbd.listenTcp(tcp.port, tcp.host, { tls });
     } catch (err) {
-      log(`NBD TCP listener on ${tcp.host}:${tcp.port} unavailable: ${errorMessage(err)}`);
+      log(`NBD TCP listener on ${tcp.host}:${tcp.port} unavailable: ${errorText(err)}`);
     }
   }
   if (nbd.listenerInfo().length > 0) return nbd;
   await nbd.close().catch(() => {});
   return undefined;
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /**
@@ -136,14 +133,17 @@ export class TidemarkApp {
     this.restore = new RestoreService(this.engine, chains, this.backups, this.drives, this.jobs, this.bus);
     this.router = new Router(
       {
-        'app.info': async () => ({
-          version: APP_VERSION,
-          host: options.host,
-          dataDir: options.dataDir,
-          engine: { ioWorkers: this.engine.pool.size },
-          nbdSocket: this.nbd?.listenerInfo().find((l) => l.address.startsWith('unix:'))?.address.slice(5) ?? null,
-          nbdTcp: this.nbd?.listenerInfo().find((l) => !l.address.startsWith('unix:')) ?? null,
-        }),
+        'app.info': async () => {
+          const listeners = this.nbd?.listenerInfo() ?? [];
+          return {
+            version: APP_VERSION,
+            host: options.host,
+            dataDir: options.dataDir,
+            engine: { ioWorkers: this.engine.pool.size },
+            nbdSocket: listeners.find((l) => l.address.startsWith('unix:'))?.address.slice(5) ?? null,
+            nbdTcp: listeners.find((l) => !l.address.startsWith('unix:')) ?? null,
+          };
+        },
         'drives.list': () => this.drives.list(),
         'drives.create': (p) => this.drives.create(p),
         'drives.add': (p) => this.drives.add(p),

@@ -13,6 +13,7 @@ export { runTransaction, type TransactionAction } from './jobs/transaction.js';
 export { createBackupJob, type BackupParams } from './jobs/backup-create.js';
 export { QmpServer } from './protocols/qmp/server.js';
 export { RestoreJob } from './jobs/restore-job.js';
-export { NbdServer, nbdServerOf, type NbdServerOptions, type AddExportOptions, type ListenOptions } from './protocols/nbd/server.js';
+export { NbdServer, type NbdServerOptions, type AddExportOptions, type ListenOptions } from './protocols/nbd/server.js';
+export { nbdServerOf } from './protocols/qmp/nbd-commands.js';
 export { PskServerCredentials, parsePskKeys, readPskKeys } from './protocols/nbd/tls-psk.js';
 export { exportPointInTime, PointInTimeExport, type PointInTimeOptions, type PointInTimeResult } from './protocols/nbd/point-in-time.js';

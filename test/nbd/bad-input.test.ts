@@ -204,50 +204,52 @@ describe('clients that vanish', () => {
     await untouched();
   });
 
-  test('a client that never reads its replies is throttled, then served in full', async () => {
+  /**
+   * A client that stops reading its replies sends `count` reads of `size` bytes (`gapMs` apart,
+   * 0: all at once); 300 ms later, the server's view of that connection. `finish()` reads again
+   * and checks every reply arrived whole.
+   */
+  async function readsLeftUnread(count: number, size: number, gapMs: number) {
     const { c } = await RawNbd.open(env.sock, 'victim');
-    // 300 MiB of reads asked for at once, replies left unread for a while
     c.socket.pause();
     const replies: Promise<{ error: number }>[] = [];
-    for (let i = 0; i < 600; i++) {
-      const h = c.send(CMD.READ, (i % 16) * MiB, 512 * 1024);
-      replies.push(c.reply(h, CMD.READ, (i % 16) * MiB, 512 * 1024));
+    for (let i = 0; i < count; i++) {
+      const h = c.send(CMD.READ, (i % 16) * MiB, size);
+      replies.push(c.reply(h, CMD.READ, (i % 16) * MiB, size));
+      if (gapMs) await sleep(gapMs);
     }
     await sleep(300);
-    // the server stopped taking requests instead of queueing all 300 MiB
     const [stat] = env.server.connections().filter((s) => s.phase === 'transmission');
+    const finish = async () => {
+      c.socket.resume();
+      const done = await Promise.all(replies);
+      expect(done.every((r) => r.error === 0)).toBe(true);
+      c.close();
+    };
+    return { stat, finish };
+  }
+
+  test('a client that never reads its replies is throttled, then served in full', async () => {
+    // 300 MiB of reads asked for at once, replies left unread for a while
+    const { stat, finish } = await readsLeftUnread(600, 512 * 1024, 0);
+    // the server stopped taking requests instead of queueing all 300 MiB
     expect(stat.readingPaused).toBe(true);
     expect(stat.inflightBytes + stat.queuedOutput).toBeLessThan(200 * MiB);
     // meanwhile the server is fine
     await healthy();
-    c.socket.resume();
-    const done = await Promise.all(replies);
-    expect(done.every((r) => r.error === 0)).toBe(true);
-    c.close();
+    await finish();
   });
 
   test('requests that keep coming while replies go unread stop being taken after a few MiB of replies', async () => {
-    const { c } = await RawNbd.open(env.sock, 'victim');
-    c.socket.pause();
-    const replies: Promise<{ error: number }>[] = [];
     // 64 reads of 256 KiB (16 MiB), one packet each, as nbdcopy keeps them coming
-    for (let i = 0; i < 64; i++) {
-      const h = c.send(CMD.READ, (i % 16) * MiB, 256 * 1024);
-      replies.push(c.reply(h, CMD.READ, (i % 16) * MiB, 256 * 1024));
-      await sleep(2);
-    }
-    await sleep(300);
-    const [stat] = env.server.connections().filter((s) => s.phase === 'transmission');
+    const { stat, finish } = await readsLeftUnread(64, 256 * 1024, 2);
     expect(stat.readingPaused).toBe(true);
     // past the default limit of 4 MiB of queued replies (DEFAULT_LIMITS.maxQueuedOutput) the
     // requests wait in the socket; with the old 32 MiB all 16 MiB would sit queued here (the
     // slack is for requests that arrive together under load)
     expect(stat.queuedOutput).toBeGreaterThan(3 * MiB);
     expect(stat.queuedOutput).toBeLessThan(8 * MiB);
-    c.socket.resume();
-    const done = await Promise.all(replies);
-    expect(done.every((r) => r.error === 0)).toBe(true);
-    c.close();
+    await finish();
   });
 });
 

@@ -4,8 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { BlockEngine } from '../../src-main/engine/engine.js';
 import { QmpServer } from '../../src-main/engine/protocols/qmp/server.js';
-import '../../src-main/engine/protocols/qmp/nbd-commands.js';
-import { nbdServerOf } from '../../src-main/engine/protocols/nbd/server.js';
+import { nbdServerOf } from '../../src-main/engine/protocols/qmp/nbd-commands.js';
 import { Qmp } from './helpers/qmp-client.js';
 import { withQemu, withTidemark } from './helpers/qmp-peers.js';
 import { RawNbd } from './helpers/raw-client.js';
@@ -170,7 +169,7 @@ describe('Tidemark extensions', () => {
     expect(nbdServerOf(engine)).toBeUndefined();
     // TCP on loopback, port picked by the system
     await q.execute('nbd-server-start', { addr: { type: 'inet', host: '127.0.0.1', port: '0' } });
-    const addr = nbdServerOf(engine)!.addresses()[0];
+    const addr = nbdServerOf(engine)!.listenerInfo()[0].address;
     expect(addr).toMatch(/^127\.0\.0\.1:\d+$/);
     await q.execute('nbd-server-add', { device: 'drive0' });
     const info = await runOk('nbdinfo', [`nbd://${addr}/drive0`]);

@@ -34,8 +34,8 @@ const SETTLE_LATEST_MS = 5;
  * polling that is not worked out; with one bitmap the same). The setImmediate that each
  * held-back mark scheduled, to apply it on the next turn, cost ~5% of a 3 µs write by itself
  * (measured with a pool variant that made writes that fast, reverted: see git log 5d873a8);
- * one 5 ms timer at most does the same job. Tried and dropped: marking one bitmap at a time and stopping when a completion is waiting (the misses no longer overlap:
- * worse), batches of 8-32 writes, summary bits set in batches, the words fetched while the
+ * one 5 ms timer at most does the same job. Tried and dropped: marking one bitmap at a time
+ * and stopping when a completion is waiting (the misses no longer overlap: worse), batches of 8-32 writes, summary bits set in batches, the words fetched while the
  * write runs, or fetched by the idle I/O worker from hints (none better; the last worse:
  * 1.07-1.10); rows aligned to cache lines (no difference measured).
  *

@@ -27,13 +27,13 @@ export class MetadataCache {
   lookup(key: number): Uint8Array | undefined {
     const hit = this.entries.get(key);
     if (!hit) return undefined;
+    // refresh recency: Map iteration order is insertion order
     this.entries.delete(key);
     this.entries.set(key, hit);
     return hit.value;
   }
 
   async get(key: number, load: () => Promise<Uint8Array>): Promise<Uint8Array> {
-    // refresh recency: Map iteration order is insertion order
     const hit = this.lookup(key);
     if (hit) return hit;
     const pending = this.loading.get(key);

@@ -9,6 +9,7 @@ export const ERRNO_TEXT: Record<string, string> = {
   EROFS: 'Read-only file system',
   ENOENT: 'No such file or directory',
   EISDIR: 'Is a directory',
+  ENOTDIR: 'Not a directory',
   EEXIST: 'File exists',
   EINVAL: 'Invalid argument',
   EBUSY: 'Device or resource busy',

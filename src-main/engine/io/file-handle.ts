@@ -57,14 +57,14 @@ export interface FileHandle {
  * Bytes lent by the I/O layer: they stay valid, and untouched by it, until `release()`. The
  * holder may write from them (the write must have settled before the release) but not change them.
  */
-/** `file.preadPassing` where the file has it, else `file.pread`. */
-export function preadPassing(file: FileHandle, position: number, length: number): Promise<Uint8Array> {
-  return file.preadPassing ? file.preadPassing(position, length) : file.pread(position, length);
-}
-
 export interface Lent {
   readonly bytes: Uint8Array;
   release(): void;
+}
+
+/** `file.preadPassing` where the file has it, else `file.pread`. */
+export function preadPassing(file: FileHandle, position: number, length: number): Promise<Uint8Array> {
+  return file.preadPassing ? file.preadPassing(position, length) : file.pread(position, length);
 }
 
 /** `length` bytes of the file at `position`, for the buffer at offset `at` (see FileHandle.preadv). */

@@ -86,8 +86,7 @@ export class ClusterMap {
   async table(l1Index: number): Promise<DataView | null> {
     const off = this.l1Offset(l1Index);
     if (!off) return null;
-    const t = await this.cache.get(off, () => this.readL2(off));
-    return new DataView(t.buffer, t.byteOffset, t.byteLength);
+    return tableView(await this.cache.get(off, () => this.readL2(off)));
   }
 
   decode(table: DataView, index: number): ClusterMapping {
@@ -109,7 +108,7 @@ export class ClusterMap {
       if (off) {
         const t = this.cache.lookup(off);
         if (!t) return undefined;
-        table = new DataView(t.buffer, t.byteOffset, t.byteLength);
+        table = tableView(t);
       }
       this.decodeInto(out, i, c, inTable, table);
       i += inTable;
@@ -246,4 +245,9 @@ export class ClusterMap {
     }
     this.l1AfterTables.clear();
   }
+}
+
+/** A cached L2 table's bytes as a DataView for decoding. */
+function tableView(t: Uint8Array): DataView {
+  return new DataView(t.buffer, t.byteOffset, t.byteLength);
 }

@@ -43,12 +43,6 @@ export interface NbdServerOptions {
   /** connections beyond this many are refused (0: no limit, the default) */
   maxConnections?: number;
   limits?: Partial<ClientLimits>;
-  /**
-   * This is the server QMP's nbd-server-* and block-export-* commands address (QEMU has one per
-   * process): nbd-server-start makes it. The app's own all-drives server is not, so it never
-   * stands in the way of QMP's. Default false.
-   */
-  qmp?: boolean;
 }
 
 export interface ListenOptions {
@@ -61,31 +55,21 @@ export type ExportDeletedListener = (exp: NbdExport) => void;
 
 // ---------------------------------------------------------------- per-engine registry
 
-interface EngineState {
-  /** the server QMP's nbd-server-* and block-export-* commands address */
-  current: NbdServer | undefined;
-  servers: Set<NbdServer>;
-}
+/** Every NBD server of an engine: a drive leaving takes its exports with them. */
+const engines = new WeakMap<BlockEngine, Set<NbdServer>>();
 
-const engines = new WeakMap<BlockEngine, EngineState>();
-
-function stateOf(engine: BlockEngine): EngineState {
-  let st = engines.get(engine);
-  if (!st) {
-    const state: EngineState = { current: undefined, servers: new Set() };
-    st = state;
-    engines.set(engine, st);
+function serversOf(engine: BlockEngine): Set<NbdServer> {
+  let servers = engines.get(engine);
+  if (!servers) {
+    const all = new Set<NbdServer>();
+    servers = all;
+    engines.set(engine, all);
     // once per engine: a drive leaving takes its exports with it, before its image closes
     engine.onDetach(async (drive) => {
-      for (const s of [...state.servers]) await s.dropDrive(drive);
+      for (const s of [...all]) await s.dropDrive(drive);
     });
   }
-  return st;
-}
-
-/** The engine's NBD server as QMP sees it (QEMU has one per process). */
-export function nbdServerOf(engine: BlockEngine): NbdServer | undefined {
-  return engines.get(engine)?.current;
+  return servers;
 }
 
 /**
@@ -125,8 +109,7 @@ export class NbdServer {
       },
       log: (m) => this.log(m),
     };
-    const st = stateOf(engine);
-    st.servers.add(this);
+    serversOf(engine).add(this);
     if (options.exportAllDrives ?? true) {
       for (const d of engine.list()) this.autoExport(d);
       engine.on('attached', this.onAttached);
@@ -137,12 +120,7 @@ export class NbdServer {
     return this.closing === undefined;
   }
 
-  /** Addresses listened on: unix paths and `host:port`. */
-  addresses(): string[] {
-    return this.listenerInfo().map((l) => l.address);
-  }
-
-  /** Each listener's address and whether it requires TLS. */
+  /** Each listener's address (`unix:PATH`, `host:port`, `[v6]:port`) and whether it requires TLS. */
   listenerInfo(): { address: string; tls: boolean }[] {
     return this.listeners.map((l) => {
       if (l.path) return { address: `unix:${l.path}`, tls: l.tls };
@@ -171,7 +149,6 @@ export class NbdServer {
     }
     await chmod(path, 0o600);
     this.listeners.push({ server, path, tls: options.tls !== undefined });
-    this.becomeCurrent();
   }
 
   /**
@@ -192,7 +169,6 @@ export class NbdServer {
       });
     });
     this.listeners.push({ server, tls: options.tls !== undefined });
-    this.becomeCurrent();
     const a = server.address();
     return a && typeof a === 'object' ? a.port : port;
   }
@@ -280,8 +256,6 @@ export class NbdServer {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.engine.off('attached', this.onAttached);
-      const st = stateOf(this.engine);
-      if (st.current === this) st.current = undefined;
       const stops = this.listeners.map(
         (l) =>
           new Promise<void>((resolve) => {
@@ -292,7 +266,7 @@ export class NbdServer {
       for (const c of [...this.clients]) c.destroy();
       await Promise.all(stops);
       for (const l of this.listeners) if (l.path) await unlink(l.path).catch(() => {});
-      st.servers.delete(this);
+      serversOf(this.engine).delete(this);
     })();
     return this.closing;
   }
@@ -305,11 +279,6 @@ export class NbdServer {
     if (this.closing) throw new TidemarkError('BUSY', 'NBD server not running');
   }
 
-  private becomeCurrent(): void {
-    if (!this.options.qmp) return;
-    const st = stateOf(this.engine);
-    st.current ??= this;
-  }
 
   private checkNames(name: string, description: string | undefined): void {
     if (Buffer.byteLength(name, 'utf8') > NBD_MAX_STRING_SIZE) throw new TidemarkError('INVALID_INPUT', `export name '${name}' too long`);
@@ -361,10 +330,6 @@ export class NbdServer {
     await exp.remove();
     if (!first) return;
     for (const [d, e] of this.autoExports) if (e === exp) this.autoExports.delete(d);
-    // QMP's BLOCK_EXPORT_DELETED (the engine's event channel reaches every QMP client); like
-    // QEMU, it goes out before the reply of the command that removed the export. Only for QMP's
-    // own server: QMP never heard of the app's exports.
-    if (this.options.qmp) this.engine.jobs.sink('BLOCK_EXPORT_DELETED', { id: exp.id });
     for (const l of this.deletedListeners) {
       try {
         l(exp);

@@ -90,11 +90,6 @@ export class PskServerCredentials {
     this.context = createSecureContext({ ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2', honorCipherOrder: true });
   }
 
-  /** Checks now that the file reads and parses (for configurations that should fail at start, not at the first client). */
-  async check(): Promise<void> {
-    await this.load();
-  }
-
   /** The keys as they are now (read for every STARTTLS). */
   load(): Promise<PskKeys> {
     return readPskKeys(this.keysPath);

@@ -3,18 +3,29 @@ import { registerCommand } from './commands.js';
 import { QEMU_ID, checkArgs } from './args.js';
 import { generic } from './errors.js';
 import type { BlockEngine } from '../../engine.js';
-import { LOOPBACK_HOSTS, NbdServer, nbdServerOf, type ExportBitmapSpec } from '../nbd/server.js';
+import { LOOPBACK_HOSTS, NbdServer, type ExportBitmapSpec } from '../nbd/server.js';
 import { serverTlsCreds } from './object-commands.js';
 import type { NbdExport } from '../nbd/export.js';
 
 // QEMU's NBD export commands (qapi/block-export.json): nbd-server-start/stop, block-export-add/del,
 // query-block-exports, and the deprecated nbd-server-add/remove, with QEMU's argument shapes and
-// refusals. The server is the engine's one NBD server (QEMU has one per process).
+// refusals.
 
+/**
+ * The NBD server these commands address: the one nbd-server-start made (QEMU has one per
+ * process). Other servers of the engine (the app's all-drives one) are not QMP's.
+ */
+const qmpServers = new WeakMap<BlockEngine, NbdServer>();
+
+/** The engine's NBD server as QMP sees it, while it runs. */
+export function nbdServerOf(engine: BlockEngine): NbdServer | undefined {
+  const s = qmpServers.get(engine);
+  return s?.running ? s : undefined;
+}
 
 function running(engine: BlockEngine): NbdServer {
   const s = nbdServerOf(engine);
-  if (!s || !s.running) throw generic('NBD server not running');
+  if (!s) throw generic('NBD server not running');
   return s;
 }
 
@@ -51,13 +62,15 @@ registerCommand('nbd-server-start', {
   },
   async run(a, ctx) {
     const addr = parseAddr(a.addr);
-    const existing = nbdServerOf(ctx.engine);
-    if (existing && existing.running) throw generic('NBD server already running');
+    if (nbdServerOf(ctx.engine)) throw generic('NBD server already running');
     const tls = a['tls-creds'] === undefined ? undefined : serverTlsCreds(ctx.engine, a['tls-creds'] as string);
     // QEMU 7.2 takes tls-authz without tls-creds and then has nothing to apply it to; with TLS
     // it would check each client's username against an authz object, which Tidemark has none of
     if (tls && a['tls-authz'] !== undefined) throw generic("Tidemark has no authorization objects: 'tls-authz' is not supported (every username in the keys file is let in)");
-    const server = new NbdServer(ctx.engine, { qmp: true, exportAllDrives: false, maxConnections: (a['max-connections'] as number | undefined) ?? 0, log: ctx.log });
+    const server = new NbdServer(ctx.engine, { exportAllDrives: false, maxConnections: (a['max-connections'] as number | undefined) ?? 0, log: ctx.log });
+    // BLOCK_EXPORT_DELETED (the engine's event channel reaches every QMP client); like QEMU, it
+    // goes out before the reply of the command that removed the export
+    server.onExportDeleted((exp) => ctx.engine.jobs.sink('BLOCK_EXPORT_DELETED', { id: exp.id }));
     try {
       if (addr.kind === 'unix') await server.listenUnix(addr.path, { tls });
       else await server.listenTcp(addr.port, addr.host, { tls });
@@ -65,6 +78,7 @@ registerCommand('nbd-server-start', {
       await server.close();
       throw generic(`Failed to start the NBD server: ${err instanceof Error ? err.message : String(err)}`);
     }
+    qmpServers.set(ctx.engine, server);
     return {};
   },
 });

@@ -5,26 +5,24 @@ import { QEMU_ID, type ArgSpec } from './args.js';
 import { generic } from './errors.js';
 import type { BlockEngine } from '../../engine.js';
 import { PSK_KEYS_FILE_NAME, PskServerCredentials, readPskKeys } from '../nbd/tls-psk.js';
+import { ERRNO_TEXT } from '../../io/file-errors.js';
 
 // QEMU's object-add / object-del for the one object type Tidemark's QMP has a use for:
 // `tls-creds-psk`, the credentials nbd-server-start's `tls-creds` names. Arguments, order of
 // checks and messages are QEMU 7.2's (qom/object_interfaces.c, crypto/tlscredspsk.c).
 
-/** A `tls-creds-psk` object as object-add made it. */
-export interface TlsCredsPsk {
-  type: 'tls-creds-psk';
-  id: string;
-  endpoint: 'server' | 'client';
-  /** the server side, for endpoint 'server' */
+/**
+ * A `tls-creds-psk` object as object-add made it: the server side for endpoint 'server'; for
+ * 'client', nothing (it is only checked: Tidemark connects to no NBD server).
+ */
+interface TlsCredsPsk {
   server?: PskServerCredentials;
 }
 
-export type QmpObject = TlsCredsPsk;
+/** The user-created objects of each engine's QMP (QEMU's /objects container), by id. */
+const registries = new WeakMap<BlockEngine, Map<string, TlsCredsPsk>>();
 
-const registries = new WeakMap<BlockEngine, Map<string, QmpObject>>();
-
-/** The user-created objects of this engine's QMP (QEMU's /objects container). */
-export function qmpObjects(engine: BlockEngine): Map<string, QmpObject> {
+function qmpObjects(engine: BlockEngine): Map<string, TlsCredsPsk> {
   let m = registries.get(engine);
   if (!m) {
     m = new Map();
@@ -32,7 +30,6 @@ export function qmpObjects(engine: BlockEngine): Map<string, QmpObject> {
   }
   return m;
 }
-
 
 const PSK_PROPERTIES = {
   'qom-type': { type: 'str', enum: ['tls-creds-psk'] },
@@ -45,7 +42,6 @@ const PSK_PROPERTIES = {
 } satisfies ArgSpec;
 
 async function createPsk(a: Record<string, unknown>): Promise<TlsCredsPsk> {
-  const id = a.id as string;
   const endpoint = (a.endpoint as 'client' | 'server' | undefined) ?? 'client';
   if (typeof a.dir !== 'string') throw generic("Missing 'dir' property value");
   if (endpoint === 'server' && a.username !== undefined) throw generic('username should not be set when endpoint=server');
@@ -56,25 +52,18 @@ async function createPsk(a: Record<string, unknown>): Promise<TlsCredsPsk> {
   try {
     await access(keysPath, fsConstants.R_OK);
   } catch (err) {
-    throw generic(`Unable to access credentials ${keysPath}: ${errnoText(err)}`);
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    throw generic(`Unable to access credentials ${keysPath}: ${ERRNO_TEXT[code] ?? code}`);
   }
   if (endpoint === 'client') {
-    // the client side is only checked (Tidemark connects to no NBD server), as QEMU checks it
+    // checked as QEMU checks it
     const username = (a.username as string | undefined) ?? 'qemu';
     const keys = await readPskKeys(keysPath).catch(() => new Map<string, Buffer>());
     if (!keys.has(username)) throw generic(`Username ${username} not found in PSK file ${keysPath}`);
-    return { type: 'tls-creds-psk', id, endpoint };
+    return {};
   }
   // like QEMU, the server's keys are read at each handshake, so the file may change later
-  return { type: 'tls-creds-psk', id, endpoint, server: new PskServerCredentials(resolve(keysPath)) };
-}
-
-function errnoText(err: unknown): string {
-  const code = (err as NodeJS.ErrnoException).code;
-  if (code === 'ENOENT') return 'No such file or directory';
-  if (code === 'EACCES') return 'Permission denied';
-  if (code === 'ENOTDIR') return 'Not a directory';
-  return code ?? String(err);
+  return { server: new PskServerCredentials(resolve(keysPath)) };
 }
 
 registerCommand('object-add', {
